@@ -1,0 +1,1 @@
+//! Rill's benchmark harness: the load generator behind `rill bench`, and its reports.

@@ -1,0 +1,1 @@
+//! Rill's storage engine.

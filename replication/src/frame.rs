@@ -33,7 +33,7 @@ const _: () = assert!(FRAME_HEADER_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(FRAME_BODY_BYTES_MAX <= u32::MAX as usize);
 
 /// One message on a lane: an rkyv header and an opaque body.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Frame {
     /// rkyv archive of a message type (may be empty).
     pub header: Bytes,

@@ -1,0 +1,1467 @@
+//! The partition log: an ordered sequence of segments with group-committed appends.
+//!
+//! Terms used here: the *log end offset* is the offset the next batch gets; the *written* and
+//! *durable* end offsets are how far writes have completed and how far an fdatasync has covered.
+//!
+//! ## Appends and group commit (hot path)
+//! `append` takes the stage lock (FIFO), rolls or preallocates if needed, then synchronously
+//! assigns offsets, patches the batch, copies the frame into the active segment's chunks and the
+//! batch cache, and releases the lock. What it waits for next depends on [`Durability`]: with
+//! `Fsync` it waits until an fdatasync covers its bytes. Flushes run one at a time under the
+//! flush lock; each one writes *everything* staged so far and then syncs once, so every append
+//! queued behind a running flush is covered by the next single fdatasync.
+//!
+//! An fdatasync or write error fails the log for good (fsyncgate): no later append is ever
+//! acknowledged. ENOSPC while reserving space is an ordinary, retryable error.
+
+use crate::cache::SharedBatchCache;
+use crate::clock::Clock;
+use crate::envelope::{self, EnvelopeError, KafkaBatchError, StoredBatch, HEADER_BYTES};
+use crate::recovery::{self, ScanOutcome};
+use crate::segment::{self, Segment, SegmentWriter, SparseIndex, WriteOp};
+use crate::storage::{align_down, IoBuffer, OpenMode, Storage, StorageFile};
+use crate::sync::LocalMutex;
+use bytes::{Bytes, BytesMut};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use thiserror::Error;
+use tracing::{info, warn};
+
+/// Name of the file holding the logical log start offset.
+const START_OFFSET_FILE: &str = "start.offset";
+const START_OFFSET_MAGIC: u32 = u32::from_le_bytes(*b"RILS");
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// After an fdatasync covers the batch.
+    Fsync,
+    /// After the write to the file completed (survives a process crash, not a power cut).
+    Write,
+    /// As soon as it is staged in memory (the caller flushes; replication provides safety).
+    Memory,
+}
+
+/// Configuration of one log. Limits carry their unit last.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Roll to a new segment beyond this size.
+    pub segment_bytes: u64,
+    /// Roll to a new segment when the active one is older than this.
+    pub segment_ms: i64,
+    /// Delete old segments while the log is larger than this.
+    pub retention_bytes: Option<u64>,
+    /// Delete segments whose newest batch is older than this.
+    pub retention_ms: Option<i64>,
+    /// Largest accepted Kafka batch.
+    pub batch_bytes_max: usize,
+    /// Bytes between sparse index entries.
+    pub index_interval_bytes: u64,
+    /// Staging chunk size (a multiple of 4 KiB).
+    pub chunk_bytes: usize,
+    /// Chunks kept for reuse.
+    pub chunk_pool_max: usize,
+    /// Reserve this much more file space whenever the reserve runs out.
+    pub preallocate_bytes: u64,
+    /// With `Durability::Memory`, write out once this much is staged.
+    pub staged_bytes_max: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: None,
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            batch_bytes_max: 1024 * 1024 + 12 * 1024,
+            index_interval_bytes: 4096,
+            chunk_bytes: 256 * 1024,
+            chunk_pool_max: 32,
+            preallocate_bytes: 32 * 1024 * 1024,
+            staged_bytes_max: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Errors of the log. Each names what a Kafka client should be told (`net` maps them).
+#[derive(Debug, Error)]
+pub enum LogError {
+    /// An I/O operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// On which file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The log failed earlier (a write or fdatasync error) and accepts nothing more.
+    #[error("log {dir} failed and is read-only until restart: {reason}")]
+    Failed {
+        /// The log directory.
+        dir: PathBuf,
+        /// The first failure.
+        reason: String,
+    },
+    /// Recovery found damage followed by valid data; the log refuses to open.
+    #[error("log {dir} fenced: damage in {segment} at byte {position} ({reason}) with valid data after it at byte {next_valid_position}; refusing to truncate acknowledged data")]
+    Fenced {
+        /// The log directory.
+        dir: PathBuf,
+        /// The segment file.
+        segment: String,
+        /// Where the damage is.
+        position: u64,
+        /// What the damage is.
+        reason: String,
+        /// Where valid data resumes.
+        next_valid_position: u64,
+    },
+    /// No space left for the batch; nothing was stored. Retry after space is freed.
+    #[error("no space left on device for log {dir}")]
+    NoSpace {
+        /// The log directory.
+        dir: PathBuf,
+    },
+    /// The batch is larger than the configured maximum.
+    #[error("batch of {size} bytes exceeds the maximum of {max}")]
+    BatchTooLarge {
+        /// Batch size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The bytes are not a valid Kafka RecordBatch v2.
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] KafkaBatchError),
+    /// An offset outside the log.
+    #[error("offset {offset} out of range [{start}, {end}]")]
+    OffsetOutOfRange {
+        /// Requested.
+        offset: i64,
+        /// Log start offset.
+        start: i64,
+        /// Log end offset.
+        end: i64,
+    },
+    /// Suffix truncation inside a batch.
+    #[error("offset {0} is not a batch boundary")]
+    NotBatchBoundary(i64),
+    /// A frame read back from disk failed validation.
+    #[error("corrupt frame in {path} at byte {position}: {source}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Where.
+        position: u64,
+        /// What is wrong.
+        source: EnvelopeError,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LogError + 'a {
+    move |source| LogError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn is_enospc(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC)
+}
+
+/// The result of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    /// Offset of the first record.
+    pub base_offset: i64,
+    /// Offset of the last record.
+    pub last_offset: i64,
+    /// The log start offset after the append.
+    pub log_start_offset: i64,
+}
+
+/// What retention deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    /// Segments removed.
+    pub segments_deleted: usize,
+    /// Bytes removed.
+    pub bytes_deleted: u64,
+}
+
+/// Counters of one log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Appends accepted.
+    pub appends: u64,
+    /// Flushes run.
+    pub flushes: u64,
+    /// fdatasync calls issued.
+    pub fdatasyncs: u64,
+    /// Total nanoseconds spent in fdatasync.
+    pub fdatasync_nanos: u64,
+    /// Bytes written to files (including rewritten tail pages).
+    pub bytes_written: u64,
+}
+
+struct LogState<F: StorageFile> {
+    segments: BTreeMap<i64, Segment<F>>,
+    log_start_offset: i64,
+    next_offset: i64,
+    written_offset: i64,
+    durable_offset: i64,
+    last_term: u64,
+    write_epoch: u64,
+    epoch_start: u64,
+    failed: Option<String>,
+    pool: Vec<F::Buffer>,
+    stats: LogStats,
+}
+
+impl<F: StorageFile> LogState<F> {
+    fn active(&self) -> &Segment<F> {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+    fn active_mut(&mut self) -> &mut Segment<F> {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+}
+
+/// A partition's log on one core. Not `Send`: it lives on the core that owns the partition.
+pub struct PartitionLog<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    config: LogConfig,
+    clock: Rc<dyn Clock>,
+    cache: SharedBatchCache,
+    cache_id: u64,
+    state: RefCell<LogState<S::File>>,
+    stage_lock: LocalMutex,
+    flush_lock: LocalMutex,
+    closed: Cell<bool>,
+}
+
+impl<S: Storage> std::fmt::Debug for PartitionLog<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionLog")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Storage> PartitionLog<S> {
+    /// Opens the log in `dir` (creating it if empty), recovering every segment.
+    pub async fn open(
+        storage: S,
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+        cache: SharedBatchCache,
+        clock: Rc<dyn Clock>,
+    ) -> Result<Self, LogError> {
+        let dir = dir.into();
+        assert!(
+            config.chunk_bytes > 0 && config.chunk_bytes as u64 % crate::storage::IO_ALIGN == 0
+        );
+        storage
+            .create_dir_all(&dir)
+            .await
+            .map_err(io_err("create dir", &dir))?;
+        let names = storage.list_dir(&dir).await.map_err(io_err("list", &dir))?;
+        let mut found: Vec<(i64, u64, String)> = names
+            .iter()
+            .filter_map(|n| segment::parse_segment_file_name(n).map(|(b, t)| (b, t, n.clone())))
+            .collect();
+        found.sort();
+        let cache_id = cache.borrow_mut().register_log();
+        let state = LogState {
+            segments: BTreeMap::new(),
+            log_start_offset: 0,
+            next_offset: 0,
+            written_offset: 0,
+            durable_offset: 0,
+            last_term: 0,
+            write_epoch: 0,
+            epoch_start: 0,
+            failed: None,
+            pool: Vec::new(),
+            stats: LogStats::default(),
+        };
+        let log = PartitionLog {
+            storage,
+            dir,
+            config,
+            clock,
+            cache,
+            cache_id,
+            state: RefCell::new(state),
+            stage_lock: LocalMutex::default(),
+            flush_lock: LocalMutex::default(),
+            closed: Cell::new(false),
+        };
+        log.recover(found).await?;
+        Ok(log)
+    }
+
+    async fn recover(&self, found: Vec<(i64, u64, String)>) -> Result<(), LogError> {
+        let count = found.len();
+        let mut expected_base: Option<i64> = None;
+        for (i, (base, _term, name)) in found.into_iter().enumerate() {
+            let path = self.dir.join(&name);
+            let file = self
+                .storage
+                .open(&path, OpenMode::Existing)
+                .await
+                .map_err(io_err("open", &path))?;
+            let scan = recovery::scan_segment(&file, base)
+                .await
+                .map_err(io_err("scan", &path))?;
+            let is_last = i + 1 == count;
+            if let Some(expected) = expected_base {
+                if base != expected {
+                    return Err(self.fenced(
+                        &name,
+                        0,
+                        format!("segment starts at offset {base}, expected {expected}"),
+                        0,
+                    ));
+                }
+            }
+            match &scan.outcome {
+                ScanOutcome::Clean => {}
+                ScanOutcome::InteriorDamage {
+                    position,
+                    reason,
+                    next_valid_position,
+                } => {
+                    return Err(self.fenced(
+                        &name,
+                        *position,
+                        reason.clone(),
+                        *next_valid_position,
+                    ));
+                }
+                ScanOutcome::TornTail { .. } if !is_last => {
+                    return Err(self.fenced(
+                        &name,
+                        scan.valid_end,
+                        "torn tail in a sealed segment".into(),
+                        0,
+                    ));
+                }
+                ScanOutcome::TornTail {
+                    reason,
+                    dropped_frames,
+                } => {
+                    warn!(
+                        segment = %path.display(), valid_end = scan.valid_end, file_bytes = scan.file_bytes,
+                        dropped_frames, %reason, "truncating torn tail of an unacknowledged write"
+                    );
+                }
+            }
+            if scan.valid_end < scan.file_bytes {
+                file.truncate(scan.valid_end)
+                    .await
+                    .map_err(io_err("truncate", &path))?;
+                file.fdatasync().await.map_err(io_err("fdatasync", &path))?;
+            }
+            let mut index = SparseIndex::new(self.config.index_interval_bytes);
+            let mut max_timestamp = -1;
+            let mut next_offset = base;
+            let mut st = self.state.borrow_mut();
+            for f in &scan.frames {
+                index.note(
+                    f.header.base_offset,
+                    f.position,
+                    f.header.max_timestamp,
+                    f.header.frame_bytes() as u64,
+                );
+                max_timestamp = max_timestamp.max(f.header.max_timestamp);
+                next_offset = f.header.next_offset();
+                st.last_term = f.header.term;
+                st.write_epoch = st.write_epoch.max(f.header.write_epoch + 1);
+            }
+            expected_base = Some(next_offset);
+            let created_ms = self.clock.now_ms();
+            st.segments.insert(
+                base,
+                Segment {
+                    file: Rc::new(file),
+                    path,
+                    base_offset: base,
+                    size: scan.valid_end,
+                    written_size: scan.valid_end,
+                    allocated: scan.valid_end,
+                    next_offset,
+                    max_timestamp,
+                    created_ms,
+                    index,
+                    writer: None,
+                },
+            );
+        }
+        let first_base = {
+            let st = self.state.borrow();
+            st.segments.keys().next().copied()
+        };
+        match first_base {
+            None => self.create_segment(0, 0).await?,
+            Some(base) => {
+                let start = self.read_start_offset().await?.unwrap_or(base).max(base);
+                let mut st = self.state.borrow_mut();
+                let end = st.active().next_offset;
+                st.log_start_offset = start.min(end);
+                st.next_offset = end;
+                st.written_offset = end;
+                st.durable_offset = end;
+                drop(st);
+                self.attach_writer().await?;
+            }
+        }
+        let st = self.state.borrow();
+        info!(dir = %self.dir.display(), segments = st.segments.len(), start = st.log_start_offset, end = st.next_offset, "log opened");
+        Ok(())
+    }
+
+    fn fenced(
+        &self,
+        segment: &str,
+        position: u64,
+        reason: String,
+        next_valid_position: u64,
+    ) -> LogError {
+        let e = LogError::Fenced {
+            dir: self.dir.clone(),
+            segment: segment.to_string(),
+            position,
+            reason,
+            next_valid_position,
+        };
+        tracing::error!(error = %e, "log recovery refused");
+        e
+    }
+
+    /// Gives the active segment a writer, reloading its partial last page from disk.
+    async fn attach_writer(&self) -> Result<(), LogError> {
+        let (file, size) = {
+            let st = self.state.borrow();
+            let a = st.active();
+            (a.file.clone(), a.size)
+        };
+        let tail_start = align_down(size);
+        let tail = if size > tail_start {
+            let path = file.path();
+            file.read_at(
+                tail_start,
+                usize::try_from(size - tail_start).expect("page"),
+            )
+            .await
+            .map_err(io_err("read tail page", &path))?
+        } else {
+            Bytes::new()
+        };
+        let mut st = self.state.borrow_mut();
+        let chunk = take_chunk(&mut st.pool, &*file, self.config.chunk_bytes);
+        let writer = SegmentWriter::new(self.config.chunk_bytes, size, &tail, chunk);
+        let epoch_start = size;
+        let active = st.active_mut();
+        active.writer = Some(writer);
+        st.epoch_start = epoch_start;
+        Ok(())
+    }
+
+    async fn create_segment(&self, base_offset: i64, term: u64) -> Result<(), LogError> {
+        let path = self.dir.join(segment::segment_file_name(base_offset, term));
+        let file = match self.storage.open(&path, OpenMode::CreateNew).await {
+            Ok(f) => f,
+            Err(e) if is_enospc(&e) => {
+                return Err(LogError::NoSpace {
+                    dir: self.dir.clone(),
+                })
+            }
+            Err(e) => return Err(io_err("create", &path)(e)),
+        };
+        self.storage
+            .sync_dir(&self.dir)
+            .await
+            .map_err(io_err("sync dir", &self.dir))?;
+        let now = self.clock.now_ms();
+        let mut st = self.state.borrow_mut();
+        let chunk = take_chunk(&mut st.pool, &file, self.config.chunk_bytes);
+        let writer = SegmentWriter::new(self.config.chunk_bytes, 0, &[], chunk);
+        st.segments.insert(
+            base_offset,
+            Segment {
+                file: Rc::new(file),
+                path,
+                base_offset,
+                size: 0,
+                written_size: 0,
+                allocated: 0,
+                next_offset: base_offset,
+                max_timestamp: -1,
+                created_ms: now,
+                index: SparseIndex::new(self.config.index_interval_bytes),
+                writer: Some(writer),
+            },
+        );
+        st.epoch_start = 0;
+        Ok(())
+    }
+
+    fn check_usable(&self) -> Result<(), LogError> {
+        match &self.state.borrow().failed {
+            Some(reason) => Err(LogError::Failed {
+                dir: self.dir.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, reason: String) -> LogError {
+        let mut st = self.state.borrow_mut();
+        if st.failed.is_none() {
+            tracing::error!(dir = %self.dir.display(), %reason, "log failed; no further appends will be acknowledged");
+            st.failed = Some(reason.clone());
+        }
+        LogError::Failed {
+            dir: self.dir.clone(),
+            reason: st.failed.clone().expect("just set"),
+        }
+    }
+
+    /// Appends one Kafka RecordBatch v2 (exactly one batch) in `term`. Assigns offsets by
+    /// patching the batch's base offset and leader epoch. Resolves per `durability`.
+    pub async fn append(
+        &self,
+        batch: BytesMut,
+        term: u64,
+        durability: Durability,
+    ) -> Result<AppendResult, LogError> {
+        self.append_with_index(batch, term, 0, durability).await
+    }
+
+    /// [`append`](Self::append) with a consensus index stored in the envelope.
+    pub async fn append_with_index(
+        &self,
+        batch: BytesMut,
+        term: u64,
+        consensus_index: u64,
+        durability: Durability,
+    ) -> Result<AppendResult, LogError> {
+        if batch.len() > self.config.batch_bytes_max {
+            return Err(LogError::BatchTooLarge {
+                size: batch.len(),
+                max: self.config.batch_bytes_max,
+            });
+        }
+        let info = envelope::parse_kafka_batch(&batch, true)?;
+        let frame_bytes = (HEADER_BYTES + batch.len()) as u64;
+        let guard = self.stage_lock.lock().await;
+        self.check_usable()?;
+        self.prepare_room(frame_bytes, term).await?;
+        let result = self.stage(batch, info, term, consensus_index);
+        drop(guard);
+        match durability {
+            Durability::Fsync => self.flush_to(result.last_offset + 1, true).await?,
+            Durability::Write => self.flush_to(result.last_offset + 1, false).await?,
+            Durability::Memory => {
+                if self.staged_bytes() > self.config.staged_bytes_max {
+                    self.flush_to(result.last_offset + 1, false).await?;
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    fn staged_bytes(&self) -> usize {
+        let st = self.state.borrow();
+        st.segments
+            .values()
+            .filter_map(|s| s.writer.as_ref())
+            .map(|w| w.dirty_bytes())
+            .sum()
+    }
+
+    /// Rolls the active segment if this frame does not fit or it is too old, and reserves
+    /// file space for the frame. Runs under the stage lock.
+    async fn prepare_room(&self, frame_bytes: u64, term: u64) -> Result<(), LogError> {
+        let (roll, next_offset) = {
+            let st = self.state.borrow();
+            let a = st.active();
+            let too_big = a.size + frame_bytes > self.config.segment_bytes;
+            let too_old = self.clock.now_ms() - a.created_ms >= self.config.segment_ms;
+            (a.size > 0 && (too_big || too_old), st.next_offset)
+        };
+        if roll {
+            self.roll(next_offset, term).await?;
+        }
+        let (file, size, allocated) = {
+            let st = self.state.borrow();
+            let a = st.active();
+            (a.file.clone(), a.size, a.allocated)
+        };
+        if size + frame_bytes > allocated {
+            let want = crate::storage::align_up(size + frame_bytes) + self.config.preallocate_bytes;
+            let want = want.min(crate::storage::align_up(
+                self.config.segment_bytes.max(size + frame_bytes),
+            ));
+            match file.preallocate(want).await {
+                Ok(()) => self.state.borrow_mut().active_mut().allocated = want,
+                Err(e) if is_enospc(&e) => {
+                    warn!(dir = %self.dir.display(), want, "no space to preallocate; refusing the batch");
+                    return Err(LogError::NoSpace {
+                        dir: self.dir.clone(),
+                    });
+                }
+                Err(e) => {
+                    return Err(self.fail(format!("fallocate {}: {e}", file.path().display())))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment at `base_offset`; the old one is finalized by the next flush.
+    async fn roll(&self, base_offset: i64, term: u64) -> Result<(), LogError> {
+        self.create_segment(base_offset, term).await?;
+        info!(dir = %self.dir.display(), base_offset, "rolled segment");
+        Ok(())
+    }
+
+    /// The synchronous part of an append: offsets, patch, stage, index, cache.
+    fn stage(
+        &self,
+        mut batch: BytesMut,
+        mut info: envelope::KafkaBatchInfo,
+        term: u64,
+        consensus_index: u64,
+    ) -> AppendResult {
+        let mut st = self.state.borrow_mut();
+        let base_offset = st.next_offset;
+        let leader_epoch = i32::try_from(term).unwrap_or(i32::MAX);
+        envelope::patch_kafka_batch(&mut batch, base_offset, leader_epoch);
+        info.base_offset = base_offset;
+        let payload = batch.freeze();
+        let write_epoch = st.write_epoch;
+        let epoch_start = st.epoch_start;
+        let header = envelope::header_with_epoch(
+            &info,
+            payload.len(),
+            term,
+            consensus_index,
+            write_epoch,
+            epoch_start,
+        );
+        let header_bytes = envelope::encode_header(&header, &payload);
+        let chunk_bytes = self.config.chunk_bytes;
+        let LogState { segments, pool, .. } = &mut *st;
+        let active = segments.values_mut().next_back().expect("active segment");
+        let file = active.file.clone();
+        let writer = active
+            .writer
+            .as_mut()
+            .expect("the active segment has a writer");
+        let mut take = || take_chunk(pool, &*file, chunk_bytes);
+        writer.stage(&header_bytes, &mut take);
+        writer.stage(&payload, &mut take);
+        let frame_bytes = header.frame_bytes() as u64;
+        active
+            .index
+            .note(base_offset, active.size, header.max_timestamp, frame_bytes);
+        active.size += frame_bytes;
+        active.next_offset = header.next_offset();
+        active.max_timestamp = active.max_timestamp.max(header.max_timestamp);
+        st.next_offset = header.next_offset();
+        st.last_term = term;
+        st.stats.appends += 1;
+        let result = AppendResult {
+            base_offset,
+            last_offset: header.last_offset(),
+            log_start_offset: st.log_start_offset,
+        };
+        drop(st);
+        self.cache
+            .borrow_mut()
+            .insert(self.cache_id, StoredBatch { header, payload });
+        result
+    }
+
+    /// Waits until everything below `offset` is written (and synced when `sync`).
+    async fn flush_to(&self, offset: i64, sync: bool) -> Result<(), LogError> {
+        loop {
+            self.check_usable()?;
+            if self.reached(offset, sync) {
+                return Ok(());
+            }
+            let _flush = self.flush_lock.lock().await;
+            self.check_usable()?;
+            if self.reached(offset, sync) {
+                return Ok(());
+            }
+            self.flush_once(sync).await?;
+        }
+    }
+
+    fn reached(&self, offset: i64, sync: bool) -> bool {
+        let st = self.state.borrow();
+        if sync {
+            st.durable_offset >= offset
+        } else {
+            st.written_offset >= offset
+        }
+    }
+
+    /// Writes everything staged now and, when `sync`, fdatasyncs. Runs under the flush lock.
+    /// Segments that were rolled away are finalized first (written, synced, truncated), so a
+    /// crash never leaves a torn sealed segment before valid data.
+    async fn flush_once(&self, sync: bool) -> Result<(), LogError> {
+        let (sealing, active_base, target) = {
+            let mut st = self.state.borrow_mut();
+            st.stats.flushes += 1;
+            // Frames staged from now on belong to the next group commit.
+            st.write_epoch += 1;
+            let active_base = *st.segments.keys().next_back().expect("active");
+            st.epoch_start = st.active().size;
+            let sealing: Vec<i64> = st
+                .segments
+                .iter()
+                .filter(|(b, s)| **b != active_base && s.writer.is_some())
+                .map(|(b, _)| *b)
+                .collect();
+            (sealing, active_base, st.next_offset)
+        };
+        for base in sealing {
+            self.write_segment(base, true).await?;
+            self.seal_segment(base).await?;
+        }
+        self.write_segment(active_base, sync).await?;
+        let mut st = self.state.borrow_mut();
+        st.written_offset = st.written_offset.max(target);
+        if sync {
+            st.durable_offset = st.durable_offset.max(target);
+        }
+        Ok(())
+    }
+
+    /// Issues one segment's dirty writes concurrently, then fdatasyncs when `sync`.
+    async fn write_segment(&self, base: i64, sync: bool) -> Result<(), LogError> {
+        let (file, ops, size) = {
+            let mut st = self.state.borrow_mut();
+            let chunk_bytes = self.config.chunk_bytes;
+            let pool_max = self.config.chunk_pool_max;
+            let LogState { segments, pool, .. } = &mut *st;
+            let Some(seg) = segments.get_mut(&base) else {
+                return Ok(());
+            };
+            let file = seg.file.clone();
+            let Some(writer) = seg.writer.as_mut() else {
+                return Ok(());
+            };
+            let mut alloc = |n: usize| file.alloc_buffer(n);
+            let mut recycle =
+                |b: <S::File as StorageFile>::Buffer| recycle_chunk(pool, b, chunk_bytes, pool_max);
+            let ops = writer.take_writes(&mut alloc, &mut recycle);
+            (file, ops, seg.size)
+        };
+        let path = file.path();
+        let results = futures::future::join_all(
+            ops.iter()
+                .map(|op| file.write_at(op.buf.clone(), op.position)),
+        )
+        .await;
+        let mut written = 0u64;
+        for (op, result) in ops.iter().zip(&results) {
+            let want = op.buf.as_bytes().len();
+            match result {
+                Ok(n) if *n == want => written += want as u64,
+                Ok(n) => {
+                    return Err(self.fail(format!(
+                        "short write to {} at {}: {n} of {want}",
+                        path.display(),
+                        op.position
+                    )))
+                }
+                Err(e) => {
+                    return Err(self.fail(format!(
+                        "write {} at {}: {e}",
+                        path.display(),
+                        op.position
+                    )))
+                }
+            }
+        }
+        self.return_chunks(ops);
+        if sync {
+            let started = std::time::Instant::now();
+            if let Err(e) = file.fdatasync().await {
+                return Err(self.fail(format!("fdatasync {}: {e}", path.display())));
+            }
+            let mut st = self.state.borrow_mut();
+            st.stats.fdatasyncs += 1;
+            st.stats.fdatasync_nanos +=
+                u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        }
+        let mut st = self.state.borrow_mut();
+        st.stats.bytes_written += written;
+        if let Some(seg) = st.segments.get_mut(&base) {
+            seg.written_size = seg.written_size.max(size);
+        }
+        Ok(())
+    }
+
+    fn return_chunks(&self, ops: Vec<WriteOp<<S::File as StorageFile>::Buffer>>) {
+        let mut st = self.state.borrow_mut();
+        for op in ops {
+            if op.pooled {
+                if let Ok(buf) = Rc::try_unwrap(op.buf) {
+                    recycle_chunk(
+                        &mut st.pool,
+                        buf,
+                        self.config.chunk_bytes,
+                        self.config.chunk_pool_max,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Cuts a written, synced, rolled-away segment to its logical size and drops its writer.
+    async fn seal_segment(&self, base: i64) -> Result<(), LogError> {
+        let (file, size) = {
+            let st = self.state.borrow();
+            let seg = &st.segments[&base];
+            (seg.file.clone(), seg.size)
+        };
+        let path = file.path();
+        if let Err(e) = file.truncate(size).await {
+            return Err(self.fail(format!("truncate {}: {e}", path.display())));
+        }
+        if let Err(e) = file.fdatasync().await {
+            return Err(self.fail(format!("fdatasync {}: {e}", path.display())));
+        }
+        let mut st = self.state.borrow_mut();
+        let chunk = st
+            .segments
+            .get_mut(&base)
+            .and_then(|s| s.writer.take())
+            .and_then(|w| w.into_chunk());
+        if let Some(chunk) = chunk {
+            recycle_chunk(
+                &mut st.pool,
+                chunk,
+                self.config.chunk_bytes,
+                self.config.chunk_pool_max,
+            );
+        }
+        st.segments.get_mut(&base).expect("present").allocated = size;
+        Ok(())
+    }
+
+    /// Writes and fdatasyncs everything staged (for callers using `Durability::Memory`).
+    pub async fn flush(&self) -> Result<(), LogError> {
+        let end = self.log_end_offset();
+        self.flush_to(end, true).await
+    }
+
+    /// Whole batches from the one holding `offset`, below `upto` (the high watermark), until
+    /// `max_bytes` of payload; at least one batch when any is readable.
+    pub async fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upto: i64,
+    ) -> Result<Vec<StoredBatch>, LogError> {
+        let (start, end) = (self.log_start_offset(), self.log_end_offset());
+        if offset < start || offset > end {
+            return Err(LogError::OffsetOutOfRange { offset, start, end });
+        }
+        let upto = upto.min(end);
+        if offset >= upto {
+            return Ok(Vec::new());
+        }
+        if let Some(batches) = self
+            .cache
+            .borrow_mut()
+            .read(self.cache_id, offset, max_bytes, upto)
+        {
+            return Ok(batches);
+        }
+        // Reads from disk see only completed writes.
+        if !self.reached(upto, false) {
+            self.flush_to(upto, false).await?;
+        }
+        self.read_from_disk(offset, max_bytes, upto).await
+    }
+
+    async fn read_from_disk(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upto: i64,
+    ) -> Result<Vec<StoredBatch>, LogError> {
+        let mut offset = offset;
+        loop {
+            let found = {
+                let st = self.state.borrow();
+                st.segments.range(..=offset).next_back().map(|(_, s)| {
+                    (
+                        s.file.clone(),
+                        s.index.position_for(offset),
+                        s.written_size,
+                        s.next_offset,
+                    )
+                })
+            };
+            let Some((file, position, readable, seg_next)) = found else {
+                return Ok(Vec::new());
+            };
+            if offset >= seg_next {
+                if seg_next >= upto || seg_next == self.log_end_offset() {
+                    return Ok(Vec::new());
+                }
+                offset = seg_next;
+                continue;
+            }
+            return self
+                .read_segment(&file, position, readable, offset, max_bytes, upto)
+                .await;
+        }
+    }
+
+    async fn read_segment(
+        &self,
+        file: &S::File,
+        mut position: u64,
+        readable: u64,
+        offset: i64,
+        max_bytes: usize,
+        upto: i64,
+    ) -> Result<Vec<StoredBatch>, LogError> {
+        let path = file.path();
+        let mut out: Vec<StoredBatch> = Vec::new();
+        let mut payload_bytes = 0usize;
+        let window = max_bytes
+            .saturating_add(HEADER_BYTES)
+            .clamp(64 * 1024, 8 * 1024 * 1024);
+        while position < readable {
+            let len = usize::try_from((readable - position).min(window as u64)).expect("bounded");
+            let bytes = file
+                .read_at(position, len)
+                .await
+                .map_err(io_err("read", &path))?;
+            let mut at = 0usize;
+            loop {
+                let rest = bytes.slice(at..);
+                let header = match envelope::decode_header(&rest) {
+                    Ok(h) => h,
+                    Err(EnvelopeError::Truncated { .. }) if at > 0 => break,
+                    Err(source) => return Err(self.corrupt(&path, position + at as u64, source)),
+                };
+                if rest.len() < header.frame_bytes() {
+                    if at == 0 {
+                        // A frame larger than the window: read exactly it.
+                        let frame = file
+                            .read_at(position, header.frame_bytes())
+                            .await
+                            .map_err(io_err("read", &path))?;
+                        let batch = self.checked_batch(&path, position, frame)?;
+                        if keep_batch(
+                            &batch,
+                            offset,
+                            upto,
+                            &mut out,
+                            &mut payload_bytes,
+                            max_bytes,
+                        ) {
+                            return Ok(out);
+                        }
+                        position += header.frame_bytes() as u64;
+                    }
+                    break;
+                }
+                let frame = rest.slice(..header.frame_bytes());
+                let batch = self.checked_batch(&path, position + at as u64, frame)?;
+                at += header.frame_bytes();
+                if keep_batch(
+                    &batch,
+                    offset,
+                    upto,
+                    &mut out,
+                    &mut payload_bytes,
+                    max_bytes,
+                ) {
+                    return Ok(out);
+                }
+                if at >= bytes.len() {
+                    break;
+                }
+            }
+            position += at as u64;
+        }
+        Ok(out)
+    }
+
+    fn checked_batch(
+        &self,
+        path: &Path,
+        position: u64,
+        frame: Bytes,
+    ) -> Result<StoredBatch, LogError> {
+        match envelope::validate_frame(&frame) {
+            Ok(header) => Ok(StoredBatch {
+                header,
+                payload: frame.slice(HEADER_BYTES..header.frame_bytes()),
+            }),
+            Err(source) => Err(self.corrupt(path, position, source)),
+        }
+    }
+
+    fn corrupt(&self, path: &Path, position: u64, source: EnvelopeError) -> LogError {
+        let e = LogError::Corrupt {
+            path: path.to_path_buf(),
+            position,
+            source,
+        };
+        tracing::error!(error = %e, "corrupt data read back from disk");
+        e
+    }
+
+    /// The base offset of the first batch whose max timestamp is at least `timestamp_ms`
+    /// (`None` if there is none). Records before it inside that batch may be older.
+    pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<i64>, LogError> {
+        let start = {
+            let st = self.state.borrow();
+            let seg = st
+                .segments
+                .values()
+                .find(|s| s.max_timestamp >= timestamp_ms);
+            seg.map(|s| {
+                s.index
+                    .offset_for_timestamp(timestamp_ms)
+                    .unwrap_or(s.base_offset)
+            })
+        };
+        let Some(mut offset) = start else {
+            return Ok(None);
+        };
+        offset = offset.max(self.log_start_offset());
+        let end = self.log_end_offset();
+        while offset < end {
+            let batches = self.read(offset, 1024 * 1024, end).await?;
+            let Some(last) = batches.last() else { break };
+            if let Some(b) = batches
+                .iter()
+                .find(|b| b.header.max_timestamp >= timestamp_ms)
+            {
+                return Ok(Some(b.header.base_offset.max(self.log_start_offset())));
+            }
+            offset = last.header.next_offset();
+        }
+        Ok(None)
+    }
+
+    /// Removes every batch at or after `offset` (a batch boundary). Consensus uses this when a
+    /// follower's log diverges from the leader's.
+    pub async fn truncate_suffix(&self, offset: i64) -> Result<(), LogError> {
+        let _stage = self.stage_lock.lock().await;
+        let _flush = self.flush_lock.lock().await;
+        self.check_usable()?;
+        let (start, end) = (self.log_start_offset(), self.log_end_offset());
+        if offset < start || offset > end {
+            return Err(LogError::OffsetOutOfRange { offset, start, end });
+        }
+        if offset == end {
+            return Ok(());
+        }
+        // Everything staged goes to disk first, so the cut happens on settled files.
+        self.flush_once(true).await?;
+        let (mut cut_base, mut cut_position) = self.boundary_position(offset).await?;
+        let first = *self.state.borrow().segments.keys().next().expect("segment");
+        // A cut at a segment's first batch removes that segment too (unless it is the first).
+        let remove_from = if cut_position == 0 && cut_base != first {
+            cut_base
+        } else {
+            cut_base + 1
+        };
+        let doomed: Vec<(i64, PathBuf)> = self
+            .state
+            .borrow()
+            .segments
+            .range(remove_from..)
+            .map(|(b, s)| (*b, s.path.clone()))
+            .collect();
+        for (base, path) in &doomed {
+            self.state.borrow_mut().segments.remove(base);
+            self.storage
+                .remove_file(path)
+                .await
+                .map_err(io_err("remove", path))?;
+        }
+        if remove_from == cut_base {
+            let st = self.state.borrow();
+            let (b, s) = st
+                .segments
+                .iter()
+                .next_back()
+                .expect("an earlier segment remains");
+            (cut_base, cut_position) = (*b, s.size);
+        }
+        let file = self.state.borrow().segments[&cut_base].file.clone();
+        let path = file.path();
+        file.truncate(cut_position)
+            .await
+            .map_err(|e| self.fail(format!("truncate {}: {e}", path.display())))?;
+        file.fdatasync()
+            .await
+            .map_err(|e| self.fail(format!("fdatasync {}: {e}", path.display())))?;
+        self.storage
+            .sync_dir(&self.dir)
+            .await
+            .map_err(io_err("sync dir", &self.dir))?;
+        {
+            let mut st = self.state.borrow_mut();
+            let seg = st.segments.get_mut(&cut_base).expect("present");
+            seg.size = cut_position;
+            seg.written_size = cut_position;
+            seg.allocated = cut_position;
+            seg.next_offset = offset;
+            seg.index.truncate(offset);
+            seg.writer = None;
+            st.next_offset = offset;
+            st.written_offset = offset;
+            st.durable_offset = offset;
+        }
+        self.cache.borrow_mut().remove_from(self.cache_id, offset);
+        self.attach_writer().await?;
+        let last_term = match self.log_start_offset() < offset {
+            true => self
+                .read(offset - 1, 1, offset)
+                .await?
+                .last()
+                .map_or(0, |b| b.header.term),
+            false => 0,
+        };
+        self.state.borrow_mut().last_term = last_term;
+        info!(dir = %self.dir.display(), offset, "truncated log suffix");
+        Ok(())
+    }
+
+    /// (segment base, byte position) of the batch starting at `offset`.
+    async fn boundary_position(&self, offset: i64) -> Result<(i64, u64), LogError> {
+        let (base, file, mut position, readable) = {
+            let st = self.state.borrow();
+            let (b, s) = st
+                .segments
+                .range(..=offset)
+                .next_back()
+                .expect("offset within the log");
+            (
+                *b,
+                s.file.clone(),
+                s.index.position_for(offset),
+                s.written_size,
+            )
+        };
+        if base == offset {
+            return Ok((base, 0));
+        }
+        let path = file.path();
+        while position < readable {
+            let head = file
+                .read_at(position, HEADER_BYTES)
+                .await
+                .map_err(io_err("read", &path))?;
+            let header = envelope::decode_header(&head)
+                .map_err(|source| self.corrupt(&path, position, source))?;
+            if header.base_offset == offset {
+                return Ok((base, position));
+            }
+            if header.base_offset > offset {
+                break;
+            }
+            position += header.frame_bytes() as u64;
+        }
+        Err(LogError::NotBatchBoundary(offset))
+    }
+
+    /// Makes `offset` the new log start: whole segments below it are deleted, reads below it
+    /// fail. The start is persisted.
+    pub async fn truncate_prefix(&self, offset: i64) -> Result<RetentionOutcome, LogError> {
+        let offset = offset.min(self.log_end_offset());
+        if offset <= self.log_start_offset() {
+            return Ok(RetentionOutcome::default());
+        }
+        self.state.borrow_mut().log_start_offset = offset;
+        self.write_start_offset(offset).await?;
+        let doomed: Vec<i64> = {
+            let st = self.state.borrow();
+            let active = *st.segments.keys().next_back().expect("active");
+            st.segments
+                .values()
+                .filter(|s| s.base_offset != active && s.next_offset <= offset)
+                .map(|s| s.base_offset)
+                .collect()
+        };
+        self.delete_segments(&doomed).await
+    }
+
+    /// Applies time and size retention now; never deletes the active segment.
+    pub async fn apply_retention(&self) -> Result<RetentionOutcome, LogError> {
+        let now = self.clock.now_ms();
+        let doomed: Vec<i64> = {
+            let st = self.state.borrow();
+            let active = *st.segments.keys().next_back().expect("active");
+            let mut total: u64 = st.segments.values().map(|s| s.size).sum();
+            let mut doomed = Vec::new();
+            for s in st
+                .segments
+                .values()
+                .filter(|s| s.base_offset != active && s.writer.is_none())
+            {
+                let expired = self
+                    .config
+                    .retention_ms
+                    .is_some_and(|ms| s.max_timestamp < now - ms);
+                let oversize = self
+                    .config
+                    .retention_bytes
+                    .is_some_and(|max| total - s.size >= max);
+                if !(expired || oversize) {
+                    break;
+                }
+                total -= s.size;
+                doomed.push(s.base_offset);
+            }
+            doomed
+        };
+        if let Some(&last) = doomed.last() {
+            let new_start = self.state.borrow().segments[&last].next_offset;
+            if new_start > self.log_start_offset() {
+                self.state.borrow_mut().log_start_offset = new_start;
+                self.write_start_offset(new_start).await?;
+            }
+        }
+        self.delete_segments(&doomed).await
+    }
+
+    async fn delete_segments(&self, bases: &[i64]) -> Result<RetentionOutcome, LogError> {
+        let mut outcome = RetentionOutcome::default();
+        for base in bases {
+            let removed = self.state.borrow_mut().segments.remove(base);
+            let Some(seg) = removed else { continue };
+            self.storage
+                .remove_file(&seg.path)
+                .await
+                .map_err(io_err("remove", &seg.path))?;
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += seg.size;
+            info!(segment = %seg.path.display(), bytes = seg.size, "deleted segment");
+        }
+        if outcome.segments_deleted > 0 {
+            self.storage
+                .sync_dir(&self.dir)
+                .await
+                .map_err(io_err("sync dir", &self.dir))?;
+            let start = self.log_start_offset();
+            self.cache.borrow_mut().remove_below(self.cache_id, start);
+        }
+        Ok(outcome)
+    }
+
+    async fn write_start_offset(&self, offset: i64) -> Result<(), LogError> {
+        let path = self.dir.join(START_OFFSET_FILE);
+        let file = match self.storage.open(&path, OpenMode::Existing).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let f = self
+                    .storage
+                    .open(&path, OpenMode::CreateNew)
+                    .await
+                    .map_err(io_err("create", &path))?;
+                self.storage
+                    .sync_dir(&self.dir)
+                    .await
+                    .map_err(io_err("sync dir", &self.dir))?;
+                f
+            }
+            Err(e) => return Err(io_err("open", &path)(e)),
+        };
+        let mut buf = file.alloc_buffer(crate::storage::IO_ALIGN as usize);
+        let bytes = buf.as_bytes_mut();
+        bytes[0..4].copy_from_slice(&START_OFFSET_MAGIC.to_le_bytes());
+        bytes[4..12].copy_from_slice(&offset.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes[0..12]);
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+        file.write_at(Rc::new(buf), 0)
+            .await
+            .map_err(io_err("write", &path))?;
+        file.fdatasync().await.map_err(io_err("fdatasync", &path))?;
+        Ok(())
+    }
+
+    /// The persisted start offset, if the file exists and is intact (a torn one is ignored:
+    /// falling back to the first segment exposes more data, never less).
+    async fn read_start_offset(&self) -> Result<Option<i64>, LogError> {
+        let path = self.dir.join(START_OFFSET_FILE);
+        let file = match self.storage.open(&path, OpenMode::Existing).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("open", &path)(e)),
+        };
+        let bytes = file.read_at(0, 16).await.map_err(io_err("read", &path))?;
+        if bytes.len() < 16 || bytes[0..4] != START_OFFSET_MAGIC.to_le_bytes() {
+            return Ok(None);
+        }
+        let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4"));
+        if crc != crc32c::crc32c(&bytes[0..12]) {
+            warn!(path = %path.display(), "ignoring damaged start offset file");
+            return Ok(None);
+        }
+        Ok(Some(i64::from_le_bytes(
+            bytes[4..12].try_into().expect("8"),
+        )))
+    }
+
+    /// Flushes, syncs and cuts every file to its logical size. The log is unusable afterwards.
+    pub async fn close(&self) -> Result<(), LogError> {
+        if self.closed.replace(true) {
+            return Ok(());
+        }
+        let _stage = self.stage_lock.lock().await;
+        let _flush = self.flush_lock.lock().await;
+        if self.state.borrow().failed.is_some() {
+            self.cache.borrow_mut().remove_log(self.cache_id);
+            return self.check_usable();
+        }
+        self.flush_once(true).await?;
+        let active = *self
+            .state
+            .borrow()
+            .segments
+            .keys()
+            .next_back()
+            .expect("active");
+        self.seal_segment(active).await?;
+        self.state.borrow_mut().failed = Some("closed".into());
+        self.cache.borrow_mut().remove_log(self.cache_id);
+        Ok(())
+    }
+
+    /// Deletes the whole log directory (topic deletion).
+    pub async fn delete(self) -> Result<(), LogError> {
+        let _stage = self.stage_lock.lock().await;
+        let _flush = self.flush_lock.lock().await;
+        self.state.borrow_mut().failed = Some("deleted".into());
+        self.state.borrow_mut().segments.clear();
+        self.cache.borrow_mut().remove_log(self.cache_id);
+        self.storage
+            .remove_dir_all(&self.dir)
+            .await
+            .map_err(io_err("remove dir", &self.dir))
+    }
+
+    /// The first readable offset.
+    pub fn log_start_offset(&self) -> i64 {
+        self.state.borrow().log_start_offset
+    }
+    /// The offset the next batch gets.
+    pub fn log_end_offset(&self) -> i64 {
+        self.state.borrow().next_offset
+    }
+    /// Offsets below this are on disk (written, maybe not synced).
+    pub fn written_end_offset(&self) -> i64 {
+        self.state.borrow().written_offset
+    }
+    /// Offsets below this are covered by an fdatasync.
+    pub fn durable_end_offset(&self) -> i64 {
+        self.state.borrow().durable_offset
+    }
+    /// The term of the last batch (0 if empty).
+    pub fn last_term(&self) -> u64 {
+        self.state.borrow().last_term
+    }
+    /// Bytes held in segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.state.borrow().segments.values().map(|s| s.size).sum()
+    }
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.state.borrow().segments.len()
+    }
+    /// Segment file names, oldest first.
+    pub fn segment_names(&self) -> Vec<String> {
+        self.state
+            .borrow()
+            .segments
+            .values()
+            .map(|s| s.file_name())
+            .collect()
+    }
+    /// Counters.
+    pub fn stats(&self) -> LogStats {
+        self.state.borrow().stats
+    }
+    /// Why the log failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.state.borrow().failed.clone()
+    }
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Whether to stop after considering `batch` for a read.
+fn keep_batch(
+    batch: &StoredBatch,
+    offset: i64,
+    upto: i64,
+    out: &mut Vec<StoredBatch>,
+    bytes: &mut usize,
+    max: usize,
+) -> bool {
+    if batch.header.next_offset() <= offset {
+        return false;
+    }
+    if batch.header.base_offset >= upto {
+        return true;
+    }
+    if !out.is_empty() && *bytes + batch.payload.len() > max {
+        return true;
+    }
+    *bytes += batch.payload.len();
+    out.push(batch.clone());
+    *bytes >= max || batch.header.next_offset() >= upto
+}
+
+fn take_chunk<F: StorageFile>(
+    pool: &mut Vec<F::Buffer>,
+    file: &F,
+    chunk_bytes: usize,
+) -> F::Buffer {
+    pool.pop().unwrap_or_else(|| file.alloc_buffer(chunk_bytes))
+}
+
+fn recycle_chunk<B: IoBuffer>(pool: &mut Vec<B>, buf: B, chunk_bytes: usize, pool_max: usize) {
+    if buf.as_bytes().len() == chunk_bytes && pool.len() < pool_max {
+        pool.push(buf);
+    }
+}
+
+#[cfg(test)]
+#[path = "log_tests.rs"]
+mod tests;

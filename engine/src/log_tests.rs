@@ -1,0 +1,662 @@
+//! Tests of the partition log on the in-memory store (deterministic, fault-injecting) and on
+//! glommio DMA files.
+
+use super::*;
+use crate::cache::BatchCache;
+use crate::clock::ManualClock;
+use crate::envelope::tests::kafka_batch;
+use crate::storage::memory::{FaultConfig, MemStorage};
+use futures_lite::future::block_on;
+
+const T0: i64 = 1_700_000_000_000;
+
+fn small_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 * 1024,
+        chunk_bytes: 16 * 1024,
+        preallocate_bytes: 32 * 1024,
+        index_interval_bytes: 1024,
+        retention_ms: None,
+        ..LogConfig::default()
+    }
+}
+
+fn batch(records: i32, body: usize, ts: i64) -> BytesMut {
+    BytesMut::from(&kafka_batch(records, body, ts)[..])
+}
+
+async fn open_mem(
+    store: &MemStorage,
+    config: LogConfig,
+    clock: &ManualClock,
+) -> Result<PartitionLog<MemStorage>, LogError> {
+    PartitionLog::open(
+        store.clone(),
+        "/data/t-0",
+        config,
+        BatchCache::shared(1 << 20),
+        Rc::new(clock.clone()),
+    )
+    .await
+}
+
+/// Reads the whole log from its start, checking offsets are contiguous.
+async fn read_all<S: Storage>(log: &PartitionLog<S>) -> Vec<StoredBatch> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    let end = log.log_end_offset();
+    while offset < end {
+        let batches = log.read(offset, 100_000, end).await.unwrap();
+        assert!(
+            !batches.is_empty(),
+            "no progress at offset {offset} of {end}"
+        );
+        for b in batches {
+            assert!(b.header.base_offset <= offset && offset < b.header.next_offset());
+            offset = b.header.next_offset();
+            out.push(b);
+        }
+    }
+    out
+}
+
+#[test]
+fn append_assigns_offsets_and_reads_back_byte_identical() {
+    let store = MemStorage::reliable();
+    let clock = ManualClock::new(T0);
+    block_on(async {
+        let log = open_mem(&store, small_config(), &clock).await.unwrap();
+        let mut sent = Vec::new();
+        for i in 0..50 {
+            let b = batch(1 + i % 5, 100 + 371 * i as usize, T0 + i as i64);
+            let r = log.append(b.clone(), 3, Durability::Fsync).await.unwrap();
+            let mut expected = b.to_vec();
+            envelope::patch_kafka_batch(&mut expected, r.base_offset, 3);
+            sent.push((r, expected));
+        }
+        assert!(log.segment_count() > 1, "small segments roll");
+        let got = read_all(&log).await;
+        assert_eq!(got.len(), sent.len());
+        for (b, (r, expected)) in got.iter().zip(&sent) {
+            assert_eq!(b.header.base_offset, r.base_offset);
+            assert_eq!(b.header.last_offset(), r.last_offset);
+            assert_eq!(b.header.term, 3);
+            assert_eq!(&b.payload[..], &expected[..]);
+        }
+        // The same from disk, after the cache is gone.
+        log.close().await.unwrap();
+        let log = open_mem(&store, small_config(), &clock).await.unwrap();
+        let got = read_all(&log).await;
+        assert_eq!(got.len(), sent.len());
+        for (b, (_, expected)) in got.iter().zip(&sent) {
+            assert_eq!(&b.payload[..], &expected[..]);
+        }
+        assert_eq!(log.log_end_offset(), sent.last().unwrap().0.last_offset + 1);
+    });
+}
+
+#[test]
+fn bad_batches_are_refused_and_change_nothing() {
+    let store = MemStorage::reliable();
+    let clock = ManualClock::new(T0);
+    block_on(async {
+        let log = open_mem(&store, small_config(), &clock).await.unwrap();
+        let mut corrupt = kafka_batch(1, 50, T0);
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 1;
+        assert!(matches!(
+            log.append(BytesMut::from(&corrupt[..]), 1, Durability::Fsync)
+                .await,
+            Err(LogError::InvalidBatch(KafkaBatchError::Crc { .. }))
+        ));
+        let huge = batch(1, 2 * 1024 * 1024, T0);
+        assert!(matches!(
+            log.append(huge, 1, Durability::Fsync).await,
+            Err(LogError::BatchTooLarge { .. })
+        ));
+        assert_eq!(log.log_end_offset(), 0);
+        log.append(batch(1, 10, T0), 1, Durability::Fsync)
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 1);
+    });
+}
+
+#[test]
+fn roll_by_age_and_retention_by_time_and_size() {
+    let store = MemStorage::reliable();
+    let clock = ManualClock::new(T0);
+    let config = LogConfig {
+        segment_ms: 1000,
+        retention_ms: Some(10_000),
+        ..small_config()
+    };
+    block_on(async {
+        let log = open_mem(&store, config.clone(), &clock).await.unwrap();
+        for i in 0..6 {
+            log.append(batch(2, 100, clock.now_ms()), 1, Durability::Fsync)
+                .await
+                .unwrap();
+            clock.advance(1500);
+            let _ = i;
+        }
+        assert_eq!(log.segment_count(), 6, "every append after 1.5 s rolls");
+        // Now T0 + 9000: batches stamped before now - 10 s are none yet.
+        assert_eq!(log.apply_retention().await.unwrap().segments_deleted, 0);
+        clock.advance(4000); // batch 0 at T0, batch 1 at T0+1500 are now older than 10 s.
+        let out = log.apply_retention().await.unwrap();
+        assert_eq!(out.segments_deleted, 2);
+        assert_eq!(log.log_start_offset(), 4);
+        assert!(matches!(
+            log.read(0, 1000, 100).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(read_all(&log).await.len(), 4);
+        // Size retention keeps at most ~2 segments' worth.
+        let per_segment = log.size_bytes() / 4;
+        drop(log);
+        let sized = LogConfig {
+            retention_ms: None,
+            retention_bytes: Some(2 * per_segment),
+            ..config
+        };
+        let log = open_mem(&store, sized, &clock).await.unwrap();
+        assert_eq!(log.log_start_offset(), 4, "start offset persisted");
+        let out = log.apply_retention().await.unwrap();
+        assert_eq!(out.segments_deleted, 2);
+        assert_eq!(log.log_start_offset(), 8);
+        assert_eq!(log.segment_count(), 2);
+    });
+}
+
+#[test]
+fn truncate_suffix_and_prefix() {
+    let store = MemStorage::reliable();
+    let clock = ManualClock::new(T0);
+    block_on(async {
+        let log = open_mem(&store, small_config(), &clock).await.unwrap();
+        let mut bases = Vec::new();
+        for i in 0..40 {
+            bases.push(
+                log.append(
+                    batch(3, 5000, T0 + i),
+                    (i / 10) as u64 + 1,
+                    Durability::Fsync,
+                )
+                .await
+                .unwrap()
+                .base_offset,
+            );
+        }
+        let segments_before = log.segment_count();
+        assert!(matches!(
+            log.truncate_suffix(bases[20] + 1).await,
+            Err(LogError::NotBatchBoundary(_))
+        ));
+        log.truncate_suffix(bases[20]).await.unwrap();
+        assert_eq!(log.log_end_offset(), bases[20]);
+        assert!(log.segment_count() <= segments_before);
+        assert_eq!(
+            log.last_term(),
+            2,
+            "batch 19 was appended in term 2, batch 20 removed"
+        );
+        let r = log
+            .append(batch(1, 10, T0), 9, Durability::Fsync)
+            .await
+            .unwrap();
+        assert_eq!(r.base_offset, bases[20]);
+        let all = read_all(&log).await;
+        assert_eq!(all.len(), 21);
+        assert_eq!(all.last().unwrap().header.term, 9);
+        // Survives a reopen.
+        drop(log);
+        let log = open_mem(&store, small_config(), &clock).await.unwrap();
+        assert_eq!(read_all(&log).await.len(), 21);
+        // A cut exactly at a segment boundary.
+        let names = log.segment_names();
+        let second_base = segment::parse_segment_file_name(&names[1]).unwrap().0;
+        log.truncate_suffix(second_base).await.unwrap();
+        assert_eq!(log.segment_count(), 1);
+        assert_eq!(log.log_end_offset(), second_base);
+        log.append(batch(1, 10, T0), 9, Durability::Fsync)
+            .await
+            .unwrap();
+        // Prefix.
+        log.truncate_prefix(bases[2]).await.unwrap();
+        assert_eq!(log.log_start_offset(), bases[2]);
+        assert_eq!(read_all(&log).await[0].header.base_offset, bases[2]);
+        // Everything.
+        log.truncate_suffix(bases[2]).await.unwrap();
+        assert_eq!(log.log_end_offset(), bases[2]);
+        assert!(read_all(&log).await.is_empty());
+    });
+}
+
+#[test]
+fn offset_for_timestamp_finds_the_first_batch_reaching_it() {
+    let store = MemStorage::reliable();
+    let clock = ManualClock::new(T0);
+    block_on(async {
+        let log = open_mem(&store, small_config(), &clock).await.unwrap();
+        for i in 0..100 {
+            log.append(batch(2, 500, T0 + 10 * i), 1, Durability::Fsync)
+                .await
+                .unwrap();
+        }
+        assert_eq!(log.offset_for_timestamp(T0 - 5).await.unwrap(), Some(0));
+        assert_eq!(
+            log.offset_for_timestamp(T0 + 10 * 37).await.unwrap(),
+            Some(74)
+        );
+        assert_eq!(
+            log.offset_for_timestamp(T0 + 10 * 37 + 1).await.unwrap(),
+            Some(76)
+        );
+        assert_eq!(log.offset_for_timestamp(T0 + 100_000).await.unwrap(), None);
+        drop(log);
+        let log = open_mem(&store, small_config(), &clock).await.unwrap();
+        assert_eq!(
+            log.offset_for_timestamp(T0 + 10 * 37).await.unwrap(),
+            Some(74)
+        );
+    });
+}
+
+/// Crash at random moments of a seeded run: every batch acknowledged with `Fsync` is there,
+/// nothing partial is ever read, and offsets stay contiguous.
+#[test]
+fn crash_keeps_every_acknowledged_batch() {
+    let mut acknowledged_total = 0;
+    for seed in 0..60 {
+        let store = MemStorage::new(FaultConfig {
+            seed,
+            ..Default::default()
+        });
+        let clock = ManualClock::new(T0);
+        block_on(async {
+            let mut acked: Vec<(i64, Vec<u8>)> = Vec::new();
+            for round in 0..4 {
+                let log = open_mem(&store, small_config(), &clock).await.unwrap();
+                let recovered = read_all(&log).await;
+                for (base, payload) in &acked {
+                    let b = recovered.iter().find(|b| b.header.base_offset == *base);
+                    let b = b.unwrap_or_else(|| {
+                        panic!("seed {seed} round {round}: acknowledged batch {base} lost")
+                    });
+                    assert_eq!(&b.payload[..], &payload[..]);
+                }
+                let n = 5 + (seed as usize * 7 + round) % 20;
+                for i in 0..n {
+                    let durability = if i % 3 == 0 {
+                        Durability::Memory
+                    } else {
+                        Durability::Fsync
+                    };
+                    let b = batch(1 + (i as i32 % 4), 200 + (i * 911) % 9000, T0);
+                    let r = log.append(b, 1, durability).await.unwrap();
+                    if durability == Durability::Fsync {
+                        // Everything below is covered too.
+                        let all = log
+                            .read(0.max(log.log_start_offset()), usize::MAX, r.last_offset + 1)
+                            .await
+                            .unwrap();
+                        acked = all
+                            .iter()
+                            .map(|b| (b.header.base_offset, b.payload.to_vec()))
+                            .collect();
+                        acknowledged_total += 1;
+                    }
+                }
+                store.crash();
+            }
+        });
+    }
+    assert!(
+        acknowledged_total > 500,
+        "the run acknowledged too little to mean anything"
+    );
+}
+
+#[test]
+fn torn_tails_are_truncated() {
+    type Damage = fn(&mut Vec<u8>, usize);
+    let cases: [(&str, Damage); 3] = [
+        ("truncate mid-batch", |f, end| f.truncate(end - 100)),
+        ("zero the last page", |f, end| {
+            let page = (end - 1) / 4096 * 4096;
+            f.truncate(end);
+            f[page..end].fill(0);
+        }),
+        ("append garbage", |f, end| {
+            f.truncate(end);
+            f.extend((0..5000).map(|i| (i * 31 % 256) as u8));
+        }),
+    ];
+    for (name, damage) in cases {
+        let store = MemStorage::reliable();
+        let clock = ManualClock::new(T0);
+        block_on(async {
+            let config = LogConfig {
+                segment_bytes: 1 << 20,
+                ..small_config()
+            };
+            let log = open_mem(&store, config.clone(), &clock).await.unwrap();
+            for _ in 0..10 {
+                log.append(batch(1, 3000, T0), 1, Durability::Fsync)
+                    .await
+                    .unwrap();
+            }
+            let end = log.size_bytes() as usize;
+            drop(log);
+            let path = store
+                .file_paths()
+                .into_iter()
+                .find(|p| p.extension().is_some_and(|e| e == "log"))
+                .unwrap();
+            store.corrupt(&path, |f| damage(f, end));
+            let log = open_mem(&store, config, &clock)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let got = read_all(&log).await;
+            assert!(
+                got.len() >= 8 && got.len() <= 10,
+                "{name}: {} batches survive",
+                got.len()
+            );
+            // Appends continue after the cut.
+            log.append(batch(1, 10, T0), 1, Durability::Fsync)
+                .await
+                .unwrap();
+            assert_eq!(read_all(&log).await.len(), got.len() + 1, "{name}");
+        });
+    }
+}
+
+#[test]
+fn interior_bit_flip_fences_the_log() {
+    let store = MemStorage::reliable();
+    let clock = ManualClock::new(T0);
+    block_on(async {
+        let log = open_mem(&store, small_config(), &clock).await.unwrap();
+        for _ in 0..10 {
+            log.append(batch(1, 3000, T0), 1, Durability::Fsync)
+                .await
+                .unwrap();
+        }
+        drop(log);
+        let path = store
+            .file_paths()
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "log"))
+            .unwrap();
+        store.corrupt(&path, |f| f[5000] ^= 0x10);
+        let err = open_mem(&store, small_config(), &clock).await.unwrap_err();
+        match err {
+            LogError::Fenced {
+                position,
+                next_valid_position,
+                ..
+            } => {
+                assert!(position < 5000 && next_valid_position > 5000);
+            }
+            other => panic!("expected a fence, got {other}"),
+        }
+    });
+}
+
+#[test]
+fn failed_fsync_is_never_acknowledged_and_fails_the_log() {
+    let mut failures_seen = 0;
+    let mut acked_total = 0;
+    for seed in 0..40 {
+        let store = MemStorage::new(FaultConfig {
+            seed,
+            ..Default::default()
+        });
+        let clock = ManualClock::new(T0);
+        block_on(async {
+            let log = open_mem(&store, small_config(), &clock).await.unwrap();
+            store.set_faults(FaultConfig {
+                seed,
+                fsync_eio_ppm: 100_000,
+                write_eio_ppm: 20_000,
+                write_torn_ppm: 20_000,
+                ..Default::default()
+            });
+            let mut acked = Vec::new();
+            let mut failed = false;
+            for i in 0..60 {
+                match log
+                    .append(batch(1, 700 + i * 13, T0), 1, Durability::Fsync)
+                    .await
+                {
+                    Ok(r) => {
+                        assert!(
+                            !failed,
+                            "seed {seed}: an append was acknowledged after a failure"
+                        );
+                        acked.push(r.base_offset);
+                    }
+                    Err(LogError::Failed { .. }) => failed = true,
+                    Err(e) => panic!("seed {seed}: unexpected {e}"),
+                }
+            }
+            if failed {
+                failures_seen += 1;
+            }
+            acked_total += acked.len();
+            // Restart: everything acknowledged is there.
+            store.set_faults(FaultConfig {
+                seed,
+                ..Default::default()
+            });
+            store.crash();
+            let log = open_mem(&store, small_config(), &clock).await.unwrap();
+            let got: Vec<i64> = read_all(&log)
+                .await
+                .iter()
+                .map(|b| b.header.base_offset)
+                .collect();
+            for base in &acked {
+                assert!(got.contains(base), "seed {seed}: acknowledged {base} lost");
+            }
+        });
+    }
+    assert!(
+        failures_seen > 20,
+        "faults were injected in too few runs ({failures_seen})"
+    );
+    assert!(
+        acked_total > 100,
+        "too little was acknowledged ({acked_total})"
+    );
+}
+
+#[test]
+fn enospc_refuses_the_batch_and_recovers_when_space_is_freed() {
+    let store = MemStorage::new(FaultConfig {
+        capacity_bytes: Some(256 * 1024),
+        ..Default::default()
+    });
+    let clock = ManualClock::new(T0);
+    block_on(async {
+        let log = open_mem(&store, small_config(), &clock).await.unwrap();
+        let mut acked = 0;
+        let err = loop {
+            match log.append(batch(1, 4000, T0), 1, Durability::Fsync).await {
+                Ok(_) => acked += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, LogError::NoSpace { .. }), "{err}");
+        assert!(acked > 10);
+        assert_eq!(log.failure(), None, "a full disk is not a failed log");
+        assert_eq!(read_all(&log).await.len(), acked);
+        store.set_faults(FaultConfig {
+            capacity_bytes: Some(1 << 30),
+            ..Default::default()
+        });
+        log.append(batch(1, 4000, T0), 1, Durability::Fsync)
+            .await
+            .unwrap();
+        assert_eq!(read_all(&log).await.len(), acked + 1);
+    });
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    /// A random mix of appends, reopens, crashes, suffix and prefix truncation agrees with a
+    /// simple model.
+    #[test]
+    fn log_agrees_with_a_model(ops in proptest::collection::vec((0u8..12, 1usize..20_000), 1..60), seed in 0u64..1000) {
+        let store = MemStorage::new(FaultConfig { seed, ..Default::default() });
+        let clock = ManualClock::new(T0);
+        block_on(async {
+            let mut log = open_mem(&store, small_config(), &clock).await.unwrap();
+            let mut model: Vec<(i64, i64, Vec<u8>)> = Vec::new(); // (base, next, payload)
+            let mut start = 0i64;
+            for (op, size) in ops {
+                match op {
+                    0..=7 => {
+                        let b = batch(1 + (size % 7) as i32, size, T0);
+                        let r = log.append(b.clone(), 1, Durability::Fsync).await.unwrap();
+                        let mut p = b.to_vec();
+                        envelope::patch_kafka_batch(&mut p, r.base_offset, 1);
+                        model.push((r.base_offset, r.last_offset + 1, p));
+                    }
+                    8 => {
+                        log.close().await.unwrap();
+                        log = open_mem(&store, small_config(), &clock).await.unwrap();
+                    }
+                    9 => {
+                        store.crash();
+                        log = open_mem(&store, small_config(), &clock).await.unwrap();
+                    }
+                    10 if !model.is_empty() => {
+                        let i = size % model.len();
+                        if model[i].0 >= start {
+                            log.truncate_suffix(model[i].0).await.unwrap();
+                            model.truncate(i);
+                        }
+                    }
+                    _ if !model.is_empty() => {
+                        let i = size % model.len();
+                        log.truncate_prefix(model[i].0).await.unwrap();
+                        start = start.max(model[i].0);
+                    }
+                    _ => {}
+                }
+            }
+            let got = read_all(&log).await;
+            let expected: Vec<_> = model.iter().filter(|m| m.1 > log.log_start_offset()).collect();
+            assert_eq!(got.len(), expected.len());
+            for (g, m) in got.iter().zip(expected) {
+                assert_eq!(g.header.base_offset, m.0);
+                assert_eq!(&g.payload[..], &m.2[..]);
+            }
+        });
+    }
+}
+
+mod on_glommio {
+    use super::*;
+    use crate::storage::glommio_fs::GlommioStorage;
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        glommio::LocalExecutor::default().run(f)
+    }
+
+    #[test]
+    fn dma_files_round_trip_and_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("topic-0");
+        run(async move {
+            let clock: Rc<dyn Clock> = Rc::new(ManualClock::new(T0));
+            let open = || {
+                PartitionLog::open(
+                    GlommioStorage,
+                    path.clone(),
+                    small_config(),
+                    BatchCache::shared(0),
+                    clock.clone(),
+                )
+            };
+            let log = open().await.unwrap();
+            let mut sent = Vec::new();
+            for i in 0..30 {
+                let b = batch(2, 100 + i * 997, T0);
+                let r = log.append(b.clone(), 1, Durability::Fsync).await.unwrap();
+                let mut p = b.to_vec();
+                envelope::patch_kafka_batch(&mut p, r.base_offset, 1);
+                sent.push(p);
+            }
+            let got: Vec<_> = read_all(&log)
+                .await
+                .into_iter()
+                .map(|b| b.payload.to_vec())
+                .collect();
+            assert_eq!(got, sent);
+            drop(log); // no close: files keep their preallocated tails, as after a crash
+            let log = open().await.unwrap();
+            let got: Vec<_> = read_all(&log)
+                .await
+                .into_iter()
+                .map(|b| b.payload.to_vec())
+                .collect();
+            assert_eq!(got, sent);
+            log.close().await.unwrap();
+            for name in log.segment_names() {
+                let len = std::fs::metadata(path.join(&name)).unwrap().len();
+                assert!(
+                    len > 0 && len < 64 * 1024 + 16 * 1024,
+                    "{name} cut to its logical size ({len})"
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn group_commit_covers_64_concurrent_appends_with_few_fdatasyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("topic-0");
+        run(async move {
+            let clock: Rc<dyn Clock> = Rc::new(ManualClock::new(T0));
+            let config = LogConfig {
+                segment_bytes: 1 << 30,
+                ..LogConfig::default()
+            };
+            let log = Rc::new(
+                PartitionLog::open(
+                    GlommioStorage,
+                    path,
+                    config,
+                    BatchCache::shared(1 << 20),
+                    clock,
+                )
+                .await
+                .unwrap(),
+            );
+            let before = log.stats().fdatasyncs;
+            let tasks: Vec<_> = (0..64)
+                .map(|_| {
+                    let log = log.clone();
+                    glommio::spawn_local(async move {
+                        log.append(batch(1, 4000, T0), 1, Durability::Fsync)
+                            .await
+                            .unwrap()
+                    })
+                })
+                .collect();
+            let mut offsets = Vec::new();
+            for t in tasks {
+                offsets.push(t.await.base_offset);
+            }
+            offsets.sort();
+            assert_eq!(offsets, (0..64).collect::<Vec<_>>());
+            let syncs = log.stats().fdatasyncs - before;
+            assert!(syncs <= 4, "64 concurrent appends took {syncs} fdatasyncs");
+            assert_eq!(log.durable_end_offset(), 64);
+        });
+    }
+}

@@ -1,0 +1,175 @@
+//! Production storage: glommio DMA files (O_DIRECT on io_uring).
+//!
+//! Directory listing and directory fsync have no io_uring operation in glommio 0.9; they run on
+//! glommio's blocking thread pool so the core never blocks (they happen at open, roll and
+//! retention, not per append).
+
+use super::{IoBuffer, OpenMode, Storage, StorageFile};
+use bytes::Bytes;
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// Storage on the local file system through glommio's DMA files. Must be used inside a glommio
+/// executor.
+///
+/// glommio 0.9 decides per device and per thread whether to use its I/O-poll ring by reading
+/// the first block of the first DMA file it opens there. When that file is empty, the read
+/// "succeeds" at end of file, glommio wrongly enables polled I/O, and every later read of real
+/// data fails with EOPNOTSUPP on devices without poll queues (virtio here). So before the first
+/// open on a device, [`prime_iopoll_probe`] opens a small non-empty file, making the probe see
+/// the truth. See docs/decisions.md.
+#[derive(Debug, Clone, Default)]
+pub struct GlommioStorage;
+
+/// A DMA file.
+#[derive(Debug)]
+pub struct GlommioFile {
+    file: DmaFile,
+    path: PathBuf,
+}
+
+impl IoBuffer for DmaBuffer {
+    fn as_bytes(&self) -> &[u8] {
+        DmaBuffer::as_bytes(self)
+    }
+    fn as_bytes_mut(&mut self) -> &mut [u8] {
+        DmaBuffer::as_bytes_mut(self)
+    }
+}
+
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> io::Result<R> + Send + 'static,
+) -> io::Result<R> {
+    glommio::executor().spawn_blocking(f).await
+}
+
+impl Storage for GlommioStorage {
+    type File = GlommioFile;
+
+    async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let dir = dir.to_path_buf();
+        blocking(move || std::fs::create_dir_all(dir)).await
+    }
+
+    async fn open(&self, path: &Path, mode: OpenMode) -> io::Result<GlommioFile> {
+        if let Some(dir) = path.parent() {
+            prime_iopoll_probe(dir).await?;
+        }
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if mode == OpenMode::CreateNew {
+            options.create_new(true);
+        }
+        let file = options.dma_open(path).await.map_err(io::Error::from)?;
+        Ok(GlommioFile {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    async fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let dir = dir.to_path_buf();
+        blocking(move || {
+            let mut names = Vec::new();
+            for entry in std::fs::read_dir(dir)? {
+                let entry = entry?;
+                if let Some(name) = entry.file_name().to_str() {
+                    names.push(name.to_string());
+                }
+            }
+            names.sort();
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn remove_file(&self, path: &Path) -> io::Result<()> {
+        glommio::io::remove(path).await.map_err(io::Error::from)
+    }
+
+    async fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let dir = dir.to_path_buf();
+        blocking(move || std::fs::remove_dir_all(dir)).await
+    }
+
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let dir = dir.to_path_buf();
+        blocking(move || std::fs::File::open(dir)?.sync_all()).await
+    }
+}
+
+thread_local! {
+    static PRIMED_DEVICES: std::cell::RefCell<std::collections::BTreeSet<u64>> =
+        const { std::cell::RefCell::new(std::collections::BTreeSet::new()) };
+}
+
+/// Makes glommio's per-thread iopoll probe for `dir`'s device read real data (see
+/// [`GlommioStorage`]). Runs once per device and thread.
+pub async fn prime_iopoll_probe(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir)?.dev();
+    if PRIMED_DEVICES.with(|p| p.borrow().contains(&dev)) {
+        return Ok(());
+    }
+    let probe = dir.join(format!(".rill-iopoll-probe-{}", std::process::id()));
+    let probe_path = probe.clone();
+    blocking(move || std::fs::write(probe_path, vec![0x5a; 4096])).await?;
+    let opened = OpenOptions::new()
+        .read(true)
+        .dma_open(&probe)
+        .await
+        .map_err(io::Error::from);
+    if let Ok(file) = opened {
+        let _ = file.close().await;
+    }
+    let _ = std::fs::remove_file(&probe);
+    PRIMED_DEVICES.with(|p| p.borrow_mut().insert(dev));
+    Ok(())
+}
+
+impl StorageFile for GlommioFile {
+    type Buffer = DmaBuffer;
+
+    fn alloc_buffer(&self, len: usize) -> DmaBuffer {
+        let mut buf = self.file.alloc_dma_buffer(len);
+        buf.as_bytes_mut().fill(0);
+        buf
+    }
+
+    async fn write_at(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
+        self.file
+            .write_rc_at(buf, pos)
+            .await
+            .map_err(io::Error::from)
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
+        let result = self.file.read_at(pos, len).await.map_err(io::Error::from)?;
+        Ok(Bytes::copy_from_slice(&result))
+    }
+
+    async fn fdatasync(&self) -> io::Result<()> {
+        self.file.fdatasync().await.map_err(io::Error::from)
+    }
+
+    async fn preallocate(&self, len: u64) -> io::Result<()> {
+        self.file
+            .pre_allocate(len, false)
+            .await
+            .map_err(io::Error::from)
+    }
+
+    async fn truncate(&self, len: u64) -> io::Result<()> {
+        self.file.truncate(len).await.map_err(io::Error::from)
+    }
+
+    async fn size(&self) -> io::Result<u64> {
+        self.file.file_size().await.map_err(io::Error::from)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+}

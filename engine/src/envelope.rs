@@ -432,27 +432,8 @@ impl StoredBatch {
 pub(crate) mod tests {
     use super::*;
 
-    /// Builds a valid Kafka RecordBatch v2 with `records` trivial records and `body_len` bytes of
-    /// record area (the records themselves are not parsed by the engine).
     pub(crate) fn kafka_batch(records: i32, body_len: usize, timestamp: i64) -> Vec<u8> {
-        assert!(records >= 1);
-        let mut b = vec![0u8; KAFKA_BATCH_HEADER_BYTES + body_len];
-        let len = i32::try_from(b.len() - 12).unwrap();
-        b[8..12].copy_from_slice(&len.to_be_bytes());
-        b[16] = 2;
-        b[23..27].copy_from_slice(&(records - 1).to_be_bytes());
-        b[27..35].copy_from_slice(&timestamp.to_be_bytes());
-        b[35..43].copy_from_slice(&timestamp.to_be_bytes());
-        b[43..51].copy_from_slice(&(-1i64).to_be_bytes());
-        b[51..53].copy_from_slice(&(-1i16).to_be_bytes());
-        b[53..57].copy_from_slice(&(-1i32).to_be_bytes());
-        b[57..61].copy_from_slice(&records.to_be_bytes());
-        for (i, x) in b[KAFKA_BATCH_HEADER_BYTES..].iter_mut().enumerate() {
-            *x = (i % 251) as u8;
-        }
-        let crc = crc32c::crc32c(&b[KAFKA_CRC_START..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
-        b
+        crate::testing::kafka_batch(records, body_len, timestamp)
     }
 
     fn sample_frame() -> (EnvelopeHeader, Vec<u8>) {

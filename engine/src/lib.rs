@@ -18,6 +18,7 @@ pub mod recovery;
 pub mod segment;
 pub mod storage;
 pub mod sync;
+pub mod testing;
 
 pub use cache::{BatchCache, SharedBatchCache};
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -1,5 +1,108 @@
 //! The `rill` binary: CLI and node assembly. Thin: wiring only.
+//!
+//! `rill serve` resolves its settings (see `config.rs`), installs SIGTERM/SIGINT handlers that set
+//! a shutdown flag, and hands over to `rill_net::server::run`, which runs one pinned executor per
+//! core until the flag is set.
 
-fn main() {
-    println!("rill");
+mod config;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use rill_net::backend::TopicConfig;
+use rill_net::frame::FrameLimits;
+use rill_net::server::{run, ServerConfig};
+use rill_net::shard::BrokerConfig;
+
+/// Rill: a Kafka-compatible streaming platform.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file (keys: data_dir, kafka_listen, admin_listen, cores, auto_create_topics, ...).
+    #[arg(long, env = "RILL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./rill-data].
+    #[arg(long, env = "RILL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Kafka listener HOST:PORT [default: 127.0.0.1:9092].
+    #[arg(long, env = "RILL_KAFKA_LISTEN")]
+    kafka_listen: Option<String>,
+    /// Admin HTTP listener HOST:PORT [default: 127.0.0.1:9644].
+    #[arg(long, env = "RILL_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
+    /// Cores to run on, pinned to CPUs 0..N [default: all].
+    #[arg(long, env = "RILL_CORES")]
+    cores: Option<usize>,
+    /// Create unknown topics when clients ask for them.
+    #[arg(long, env = "RILL_AUTO_CREATE_TOPICS", num_args = 0..=1, default_missing_value = "true")]
+    auto_create_topics: Option<bool>,
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let file = match &args.config {
+        Some(path) => config::FileConfig::load(path)?,
+        None => config::FileConfig::default(),
+    };
+    let overrides = config::Overrides {
+        data_dir: args.data_dir,
+        kafka_listen: args.kafka_listen,
+        admin_listen: args.admin_listen,
+        cores: args.cores,
+        auto_create_topics: args.auto_create_topics,
+    };
+    let settings = config::resolve(file, overrides)?;
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    tracing::info!(?settings, "starting rill; storage is in memory until the engine is wired in");
+    let broker = BrokerConfig {
+        node_id: 0,
+        advertised_host: settings.advertised_host.clone(),
+        advertised_port: i32::from(settings.kafka_listen.port()),
+        auto_create_topics: settings.auto_create_topics,
+        default_partitions: settings.default_partitions,
+        topic_defaults: TopicConfig::default(),
+        frame_limits: FrameLimits::default(),
+        store_bytes_max_per_core: settings.memory_store_mib_per_core * 1024 * 1024,
+        ..BrokerConfig::default()
+    };
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, shutdown.clone()).context("installing signal handler")?;
+    }
+    let server = ServerConfig {
+        broker,
+        kafka_listen: settings.kafka_listen,
+        admin_listen: settings.admin_listen,
+        cores: settings.cores,
+        spin_before_park_us: settings.spin_before_park_us,
+    };
+    run(server, shutdown)?;
+    tracing::info!("rill stopped");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+    }
 }

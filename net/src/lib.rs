@@ -1,4 +1,33 @@
-//! Rill's Kafka protocol crate: framing, codecs, request handlers, coordinators and the Rust client.
+//! Rill's Kafka front-end: framing, codecs, request handlers, the group coordinator, producer
+//! state, and the per-core shard runtime that serves them.
 //!
-//! Owns everything that speaks Kafka on the wire. It must never touch segment files directly; it
-//! reaches storage only through the engine's partition log API.
+//! # What it owns
+//! Everything that speaks Kafka on the wire, and the thread-per-core runtime around it: one glommio
+//! executor per core, SO_REUSEPORT listeners, the versioned partition→core table and the channel
+//! mesh that carries work to a partition's owner core.
+//!
+//! # What it must never do
+//! Touch files: partitions are reached only through the [`backend::PartitionStore`] seam (the
+//! in-memory [`memory::MemoryStore`] today, the engine's log later). Share mutable state between
+//! cores: cross-core work travels as [`shard::CoreRequest`] messages.
+//!
+//! # Seams
+//! - [`backend::PartitionStore`]: storage of one core's partitions.
+//! - [`group::GroupCoordinator`], [`producer_state::ProducerStates`]: sans-I/O state machines.
+//! - [`codec::decode_request`], [`frame::frame_size`]: pure decoders, fuzzed under `fuzz/`.
+
+pub mod backend;
+pub mod batch;
+pub mod broker;
+pub mod codec;
+pub mod controller;
+pub mod errors;
+pub mod frame;
+pub mod group;
+pub mod memory;
+pub mod metrics;
+pub mod notify;
+pub mod producer_state;
+pub mod server;
+pub mod shard;
+pub mod table;

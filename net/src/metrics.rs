@@ -1,0 +1,168 @@
+//! Per-core counters and their Prometheus text rendering.
+//!
+//! Each core counts in plain `Cell`s (no atomics on the data path). A scrape of `/metrics` asks
+//! every core for a [`MetricsSnapshot`] over the mesh, sums them, and encodes the totals with
+//! `prometheus-client`. Latency is exported as a fixed-bucket histogram per API.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Upper bounds of the request latency buckets, in microseconds.
+pub const LATENCY_BUCKETS_US: [u64; 12] = [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000];
+
+/// Request counters of one API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiCounters {
+    /// Requests served.
+    pub requests: u64,
+    /// Requests whose answer carried an error or that closed the connection.
+    pub failures: u64,
+    /// Sum of latencies in microseconds.
+    pub latency_us_sum: u64,
+    /// Counts per bucket of [`LATENCY_BUCKETS_US`] (not cumulative), plus one overflow bucket.
+    pub latency_buckets: [u64; LATENCY_BUCKETS_US.len() + 1],
+}
+
+/// Counters of one core.
+#[derive(Debug, Default)]
+pub struct CoreMetrics {
+    /// Per API name.
+    pub apis: RefCell<BTreeMap<&'static str, ApiCounters>>,
+    /// Record bytes appended.
+    pub bytes_in: Cell<u64>,
+    /// Record bytes read.
+    pub bytes_out: Cell<u64>,
+    /// Mesh requests sent to other cores.
+    pub mesh_messages_sent: Cell<u64>,
+    /// Open client connections.
+    pub connections_open: Cell<u64>,
+    /// Connections closed for bad framing or undecodable requests.
+    pub connections_rejected: Cell<u64>,
+}
+
+/// A copy of one core's counters that can cross cores.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsSnapshot {
+    /// The core.
+    pub core: usize,
+    /// Per API name.
+    pub apis: BTreeMap<&'static str, ApiCounters>,
+    /// Record bytes appended.
+    pub bytes_in: u64,
+    /// Record bytes read.
+    pub bytes_out: u64,
+    /// Mesh requests sent.
+    pub mesh_messages_sent: u64,
+    /// Open connections.
+    pub connections_open: u64,
+    /// Rejected connections.
+    pub connections_rejected: u64,
+}
+
+impl CoreMetrics {
+    /// Count one request of `api` that took `latency`.
+    pub fn record_request(&self, api: &'static str, latency: Duration, failed: bool) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let mut apis = self.apis.borrow_mut();
+        let counters = apis.entry(api).or_default();
+        counters.requests += 1;
+        counters.failures += u64::from(failed);
+        counters.latency_us_sum = counters.latency_us_sum.saturating_add(micros);
+        let bucket = LATENCY_BUCKETS_US.iter().position(|bound| micros <= *bound).unwrap_or(LATENCY_BUCKETS_US.len());
+        counters.latency_buckets[bucket] += 1;
+    }
+
+    /// Copy the counters.
+    pub fn snapshot(&self, core: usize) -> MetricsSnapshot {
+        MetricsSnapshot {
+            core,
+            apis: self.apis.borrow().clone(),
+            bytes_in: self.bytes_in.get(),
+            bytes_out: self.bytes_out.get(),
+            mesh_messages_sent: self.mesh_messages_sent.get(),
+            connections_open: self.connections_open.get(),
+            connections_rejected: self.connections_rejected.get(),
+        }
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+/// Render snapshots of all cores plus node-wide gauges as Prometheus text.
+pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> String {
+    let mut registry = Registry::with_prefix("rill");
+    let requests = Family::<Labels, Counter>::default();
+    let failures = Family::<Labels, Counter>::default();
+    let latency_sum = Family::<Labels, Counter>::default();
+    let latency_bucket = Family::<Labels, Counter>::default();
+    let bytes_in = Family::<Labels, Counter>::default();
+    let bytes_out = Family::<Labels, Counter>::default();
+    let mesh = Family::<Labels, Counter>::default();
+    let connections = Family::<Labels, Gauge>::default();
+    let rejected = Family::<Labels, Counter>::default();
+    for snapshot in snapshots {
+        let core = vec![("core".to_string(), snapshot.core.to_string())];
+        bytes_in.get_or_create(&core).inc_by(snapshot.bytes_in);
+        bytes_out.get_or_create(&core).inc_by(snapshot.bytes_out);
+        mesh.get_or_create(&core).inc_by(snapshot.mesh_messages_sent);
+        connections.get_or_create(&core).set(i64::try_from(snapshot.connections_open).unwrap_or(i64::MAX));
+        rejected.get_or_create(&core).inc_by(snapshot.connections_rejected);
+        for (api, counters) in &snapshot.apis {
+            let labels = vec![("api".to_string(), api.to_string())];
+            requests.get_or_create(&labels).inc_by(counters.requests);
+            failures.get_or_create(&labels).inc_by(counters.failures);
+            latency_sum.get_or_create(&labels).inc_by(counters.latency_us_sum);
+            // Cumulative buckets, Prometheus style: le="bound" counts everything at or below.
+            let mut cumulative = 0;
+            for (index, count) in counters.latency_buckets.iter().enumerate() {
+                cumulative += count;
+                let bound = LATENCY_BUCKETS_US.get(index).map_or("+Inf".to_string(), |bound| bound.to_string());
+                let mut bucket_labels = labels.clone();
+                bucket_labels.push(("le_us".to_string(), bound));
+                latency_bucket.get_or_create(&bucket_labels).inc_by(cumulative);
+            }
+        }
+    }
+    registry.register("requests", "Kafka requests served", requests);
+    registry.register("request_failures", "Kafka requests answered with an error", failures);
+    registry.register("request_latency_us_sum", "Sum of request latencies in microseconds", latency_sum);
+    registry.register("request_latency_us_bucket", "Requests at or below each latency bound (cumulative)", latency_bucket);
+    registry.register("bytes_in", "Record bytes appended", bytes_in);
+    registry.register("bytes_out", "Record bytes served to fetchers", bytes_out);
+    registry.register("mesh_messages", "Requests sent to other cores over the mesh", mesh);
+    registry.register("connections_open", "Open Kafka connections", connections);
+    registry.register("connections_rejected", "Connections closed for bad framing or requests", rejected);
+    let partitions_gauge = Gauge::<i64>::default();
+    partitions_gauge.set(i64::try_from(partitions).unwrap_or(i64::MAX));
+    registry.register("partitions", "Partitions on this node", partitions_gauge);
+    let topics_gauge = Gauge::<i64>::default();
+    topics_gauge.set(i64::try_from(topics).unwrap_or(i64::MAX));
+    registry.register("topics", "Topics on this node", topics_gauge);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_summed_counters() {
+        let metrics = CoreMetrics::default();
+        metrics.record_request("Produce", Duration::from_micros(80), false);
+        metrics.record_request("Produce", Duration::from_millis(2), true);
+        metrics.bytes_in.set(100);
+        let text = render(&[metrics.snapshot(0), metrics.snapshot(1)], 6, 1);
+        assert!(text.contains("rill_requests_total{api=\"Produce\"} 4"), "{text}");
+        assert!(text.contains("rill_bytes_in_total{core=\"1\"} 100"), "{text}");
+        assert!(text.contains("rill_partitions 6"), "{text}");
+        assert!(text.contains("le_us=\"100\"} 2"), "{text}");
+    }
+}

@@ -1,0 +1,322 @@
+//! The thread-per-core runtime: one pinned glommio executor per core, each with its own
+//! SO_REUSEPORT Kafka listener, its [`Shard`], and the channel mesh to the other cores. Core 0 also
+//! runs the controller's group clock and the admin HTTP endpoint (`/metrics`, `/health`).
+//!
+//! Shutdown (SIGTERM/SIGINT set the flag passed to [`run`]): every core stops accepting,
+//! connections finish the request in flight and close, then the mesh is closed and the executors
+//! return.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement};
+use thiserror::Error;
+
+use crate::backend::PartitionStore;
+use crate::codec::decode_request;
+use crate::frame::read_frame;
+use crate::memory::MemoryStore;
+use crate::notify::ChangeSignal;
+use crate::shard::{BrokerConfig, CoreReply, CoreRequest, Envelope, Shard, MESH_CHANNEL_MESSAGES_MAX};
+
+/// How often each core checks the process-wide shutdown flag, in milliseconds.
+pub const SHUTDOWN_CHECK_MS: u64 = 50;
+/// How often core 0 advances the group coordinator's clock, in milliseconds.
+pub const GROUP_TICK_MS: u64 = 100;
+/// Longest time connections get to finish their request after shutdown starts, in milliseconds.
+pub const SHUTDOWN_DRAIN_MS_MAX: u64 = 10_000;
+/// Grace after a core's connections drained before it closes its mesh, in milliseconds, so
+/// requests other cores are still forwarding to it complete.
+pub const MESH_CLOSE_GRACE_MS: u64 = 300;
+/// Largest admin HTTP request head, in bytes.
+pub const ADMIN_REQUEST_BYTES_MAX: usize = 8 * 1024;
+
+/// Everything `rill serve` decides.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Broker settings shared by the cores.
+    pub broker: BrokerConfig,
+    /// Kafka listener address.
+    pub kafka_listen: SocketAddr,
+    /// Admin HTTP address.
+    pub admin_listen: SocketAddr,
+    /// Executors to run, pinned to CPUs 0..cores.
+    pub cores: usize,
+    /// Busy-spin before parking an idle executor, in microseconds (0: park at once).
+    pub spin_before_park_us: u64,
+}
+
+/// Why the server could not run.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// An executor failed to start (pinning, io_uring, memlock).
+    #[error("starting executor for core {core}: {message}")]
+    Executor {
+        /// Core index.
+        core: usize,
+        /// glommio's error.
+        message: String,
+    },
+    /// A listener failed to bind.
+    #[error("binding {address} on core {core}: {message}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Core index.
+        core: usize,
+        /// The OS error.
+        message: String,
+    },
+}
+
+/// Run the broker until `shutdown` becomes true.
+pub fn run(config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
+    assert!(config.cores >= 1);
+    let mesh = (config.cores > 1).then(|| MeshBuilder::<Envelope, _>::full(config.cores, MESH_CHANNEL_MESSAGES_MAX));
+    let mut handles = Vec::with_capacity(config.cores);
+    for core in 0..config.cores {
+        let config = config.clone();
+        let shutdown = shutdown.clone();
+        let mesh = mesh.clone();
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(core)).name(&format!("rill-core-{core}"));
+        if config.spin_before_park_us > 0 {
+            builder = builder.spin_before_park(Duration::from_micros(config.spin_before_park_us));
+        }
+        let handle = builder
+            .spawn(move || async move { run_core(core, config, shutdown, mesh).await })
+            .map_err(|error| ServerError::Executor { core, message: error.to_string() })?;
+        handles.push(handle);
+    }
+    let mut first_error = None;
+    for (core, handle) in handles.into_iter().enumerate() {
+        let outcome = handle.join().map_err(|error| ServerError::Executor { core, message: error.to_string() });
+        if let Err(error) | Ok(Err(error)) = outcome {
+            tracing::error!(core, %error, "core stopped with an error");
+            // Make the other cores stop too.
+            shutdown.store(true, Ordering::SeqCst);
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+async fn run_core(
+    core: usize,
+    config: ServerConfig,
+    shutdown: Arc<AtomicBool>,
+    mesh: Option<MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>>,
+) -> Result<(), ServerError> {
+    let (senders, receivers) = match mesh {
+        Some(mesh) => {
+            let (senders, receivers) = mesh.join().await.map_err(|error| ServerError::Executor {
+                core,
+                message: format!("joining the channel mesh: {error}"),
+            })?;
+            (Some(senders), Some(receivers))
+        }
+        None => (None, None),
+    };
+    let store = MemoryStore::new(config.broker.store_bytes_max_per_core);
+    let shard = Rc::new(Shard::new(core, config.cores, store, config.broker.clone(), senders));
+    if let Some(mut receivers) = receivers {
+        for (peer, stream) in receivers.streams() {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                while let Some(envelope) = stream.recv().await {
+                    shard.clone().handle_envelope(envelope).await;
+                }
+                tracing::debug!(core, peer, "mesh stream closed");
+            })
+            .detach();
+        }
+    }
+    let stopping = ChangeSignal::new();
+    let stop_generation = stopping.generation();
+    {
+        let stopping = stopping.clone();
+        glommio::spawn_local(async move {
+            while !shutdown.load(Ordering::SeqCst) {
+                glommio::timer::sleep(Duration::from_millis(SHUTDOWN_CHECK_MS)).await;
+            }
+            stopping.notify();
+        })
+        .detach();
+    }
+    let listener = TcpListener::bind(config.kafka_listen).map_err(|error| ServerError::Bind {
+        address: config.kafka_listen,
+        core,
+        message: error.to_string(),
+    })?;
+    if core == 0 {
+        let admin = TcpListener::bind(config.admin_listen).map_err(|error| ServerError::Bind {
+            address: config.admin_listen,
+            core,
+            message: error.to_string(),
+        })?;
+        glommio::spawn_local(serve_admin(shard.clone(), admin)).detach();
+        let ticking = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_millis(GROUP_TICK_MS)).await;
+                ticking.controller_tick();
+            }
+        })
+        .detach();
+        tracing::info!(kafka = %config.kafka_listen, admin = %config.admin_listen, cores = config.cores, "rill broker listening");
+    }
+    accept_loop(&shard, &listener, &stopping, stop_generation).await;
+    drop(listener);
+    // Connections see the signal and close after their current request.
+    let drained = async {
+        while shard.metrics.connections_open.get() > 0 {
+            glommio::timer::sleep(Duration::from_millis(SHUTDOWN_CHECK_MS)).await;
+        }
+    };
+    futures_lite::future::or(drained, glommio::timer::sleep(Duration::from_millis(SHUTDOWN_DRAIN_MS_MAX))).await;
+    glommio::timer::sleep(Duration::from_millis(MESH_CLOSE_GRACE_MS)).await;
+    shard.close_mesh();
+    tracing::info!(core, "core stopped");
+    Ok(())
+}
+
+async fn accept_loop<S: PartitionStore + 'static>(
+    shard: &Rc<Shard<S>>,
+    listener: &TcpListener,
+    stopping: &ChangeSignal,
+    stop_generation: u64,
+) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stopping.changed_since(stop_generation).await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => return,
+            Some(Ok(stream)) => stream,
+            Some(Err(error)) => {
+                tracing::warn!(core = shard.core, %error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shard.metrics.connections_open.get() >= shard.config.connections_per_core_max as u64 {
+            tracing::warn!(core = shard.core, limit = shard.config.connections_per_core_max, "connection refused: too many connections");
+            continue;
+        }
+        let shard = shard.clone();
+        let stopping = stopping.clone();
+        glommio::spawn_local(async move {
+            shard.metrics.connections_open.set(shard.metrics.connections_open.get() + 1);
+            serve_connection(&shard, stream, &stopping, stop_generation).await;
+            shard.metrics.connections_open.set(shard.metrics.connections_open.get() - 1);
+        })
+        .detach();
+    }
+}
+
+/// Serve one Kafka connection: one request at a time, like Kafka (which mutes a connection
+/// until its response is sent), so responses leave in request order by construction.
+async fn serve_connection<S: PartitionStore + 'static>(
+    shard: &Rc<Shard<S>>,
+    mut stream: TcpStream,
+    stopping: &ChangeSignal,
+    stop_generation: u64,
+) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().map_or_else(|_| "unknown".to_string(), |address| address.to_string());
+    let limits = shard.config.frame_limits;
+    loop {
+        let next = futures_lite::future::or(async { Some(read_frame(&mut stream, limits).await) }, async {
+            stopping.changed_since(stop_generation).await;
+            None
+        })
+        .await;
+        let frame = match next {
+            None | Some(Ok(None)) => return,
+            Some(Ok(Some(frame))) => frame,
+            Some(Err(error)) => {
+                shard.metrics.connections_rejected.set(shard.metrics.connections_rejected.get() + 1);
+                tracing::warn!(core = shard.core, %peer, %error, "closing connection: bad framing");
+                return;
+            }
+        };
+        let request = match decode_request(frame) {
+            Ok(request) => request,
+            Err(error) => {
+                shard.metrics.connections_rejected.set(shard.metrics.connections_rejected.get() + 1);
+                tracing::warn!(core = shard.core, %peer, %error, "closing connection: undecodable request");
+                return;
+            }
+        };
+        let response = match shard.serve(request, &peer).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(core = shard.core, %peer, %error, "closing connection: request failed");
+                return;
+            }
+        };
+        if let Some(bytes) = response {
+            if let Err(error) = stream.write_all(&bytes).await {
+                tracing::debug!(core = shard.core, %peer, %error, "client went away");
+                return;
+            }
+        }
+        if stopping.generation() != stop_generation {
+            return;
+        }
+    }
+}
+
+/// Minimal HTTP/1.0 endpoint: `GET /metrics` and `GET /health`, one request per connection.
+async fn serve_admin<S: PartitionStore + 'static>(shard: Rc<Shard<S>>, listener: TcpListener) {
+    loop {
+        let Ok(mut stream) = listener.accept().await else { continue };
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < ADMIN_REQUEST_BYTES_MAX {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => head.extend_from_slice(&chunk[..read]),
+                }
+            }
+            let line = String::from_utf8_lossy(&head);
+            let path = line.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = match path {
+                "/health" => ("200 OK", "ok\n".to_string()),
+                "/metrics" => ("200 OK", metrics_text(&shard).await),
+                _ => ("404 Not Found", "not found\n".to_string()),
+            };
+            let response = format!(
+                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.close().await;
+        })
+        .detach();
+    }
+}
+
+async fn metrics_text<S: PartitionStore + 'static>(shard: &Shard<S>) -> String {
+    let calls = (0..shard.cores).map(|core| shard.call(core, CoreRequest::Metrics));
+    let snapshots: Vec<_> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter_map(|reply| match reply {
+            CoreReply::Metrics(snapshot) => Some(snapshot),
+            _ => None,
+        })
+        .collect();
+    let table = shard.table();
+    let partitions: usize = table.topics.values().map(|topic| topic.owners.len()).sum();
+    crate::metrics::render(&snapshots, partitions as u64, table.topics.len() as u64)
+}

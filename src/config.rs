@@ -1,0 +1,145 @@
+//! `rill serve` settings: embedded defaults, then the TOML file, then environment, then flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// Embedded defaults (single node, local only).
+pub const DEFAULT_DATA_DIR: &str = "./rill-data";
+/// Default Kafka listener.
+pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
+/// Default admin HTTP listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9644";
+
+/// Keys accepted in the TOML file; every one is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Kafka listener, HOST:PORT.
+    pub kafka_listen: Option<String>,
+    /// Admin HTTP listener, HOST:PORT.
+    pub admin_listen: Option<String>,
+    /// Cores to run on (default: all).
+    pub cores: Option<usize>,
+    /// Create unknown topics on first use.
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of auto-created topics.
+    pub default_partitions: Option<i32>,
+    /// Host advertised to clients (default: the Kafka listener's host).
+    pub advertised_host: Option<String>,
+    /// In-memory storage budget per core, in MiB.
+    pub memory_store_mib_per_core: Option<u64>,
+    /// Busy-spin before parking, in microseconds.
+    pub spin_before_park_us: Option<u64>,
+}
+
+impl FileConfig {
+    /// Read a TOML file.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Kafka listener.
+    pub kafka_listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Cores.
+    pub cores: usize,
+    /// Auto topic creation.
+    pub auto_create_topics: bool,
+    /// Partitions of auto-created topics.
+    pub default_partitions: i32,
+    /// Advertised host.
+    pub advertised_host: String,
+    /// In-memory budget per core, in MiB.
+    pub memory_store_mib_per_core: u64,
+    /// Busy-spin before parking, in microseconds.
+    pub spin_before_park_us: u64,
+}
+
+/// Values given on the command line or in the environment (they win over the file).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// --data-dir / RILL_DATA_DIR.
+    pub data_dir: Option<PathBuf>,
+    /// --kafka-listen / RILL_KAFKA_LISTEN.
+    pub kafka_listen: Option<String>,
+    /// --admin-listen / RILL_ADMIN_LISTEN.
+    pub admin_listen: Option<String>,
+    /// --cores / RILL_CORES.
+    pub cores: Option<usize>,
+    /// --auto-create-topics / RILL_AUTO_CREATE_TOPICS.
+    pub auto_create_topics: Option<bool>,
+}
+
+fn parse_address(text: &str, what: &str) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    text.to_socket_addrs()
+        .with_context(|| format!("{what} {text:?} is not HOST:PORT"))?
+        .next()
+        .with_context(|| format!("{what} {text:?} resolves to no address"))
+}
+
+/// Merge defaults, file and overrides.
+pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<ServeSettings> {
+    let available = std::thread::available_parallelism().map_or(1, |count| count.get());
+    let cores = overrides.cores.or(file.cores).unwrap_or(available);
+    if cores == 0 || cores > available {
+        bail!("--cores must be between 1 and {available} (this machine's CPUs), got {cores}");
+    }
+    let kafka_text = overrides.kafka_listen.or(file.kafka_listen).unwrap_or_else(|| DEFAULT_KAFKA_LISTEN.to_string());
+    let kafka_listen = parse_address(&kafka_text, "kafka listen address")?;
+    let admin_text = overrides.admin_listen.or(file.admin_listen).unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_string());
+    let admin_listen = parse_address(&admin_text, "admin listen address")?;
+    if kafka_listen.port() == 0 {
+        // Each core binds its own listener; port 0 would give every core a different port.
+        bail!("kafka listen port must be explicit (not 0): every core binds it with SO_REUSEPORT");
+    }
+    let advertised_host = file.advertised_host.unwrap_or_else(|| {
+        let host = kafka_listen.ip();
+        if host.is_unspecified() { "127.0.0.1".to_string() } else { host.to_string() }
+    });
+    let default_partitions = file.default_partitions.unwrap_or(1);
+    if default_partitions < 1 {
+        bail!("default_partitions must be at least 1");
+    }
+    Ok(ServeSettings {
+        data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        kafka_listen,
+        admin_listen,
+        cores,
+        auto_create_topics: overrides.auto_create_topics.or(file.auto_create_topics).unwrap_or(false),
+        default_partitions,
+        advertised_host,
+        memory_store_mib_per_core: file.memory_store_mib_per_core.unwrap_or(1024),
+        spin_before_park_us: file.spin_before_park_us.unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_defaults_fill_in() {
+        let file: FileConfig = toml::from_str("kafka_listen = \"127.0.0.1:9100\"\nauto_create_topics = true\ncores = 1").unwrap();
+        let overrides = Overrides { kafka_listen: Some("127.0.0.1:9200".into()), ..Overrides::default() };
+        let settings = resolve(file, overrides).unwrap();
+        assert_eq!(settings.kafka_listen.port(), 9200);
+        assert!(settings.auto_create_topics);
+        assert_eq!(settings.admin_listen.port(), 9644);
+        assert_eq!(settings.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+    }
+}

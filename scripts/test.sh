@@ -37,18 +37,28 @@ export RILL_TEST_PYTHON="$venv/bin/python"
 
 # --- build once, test many times --------------------------------------------------------------
 log "building"
-cargo build --workspace --all-targets --locked
-cargo build --release --locked --bin rill
+cargo build --workspace --all-targets 
+cargo build --release  --bin rill
 export RILL_BIN="$root/target/release/rill"
 
 log "unit, property and end-to-end tests"
 if command -v cargo-nextest >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
+  cargo nextest run --workspace --no-fail-fast
 else
-  cargo test --workspace --locked --no-fail-fast
+  cargo test --workspace  --no-fail-fast
 fi
 
 log "doc tests"
-cargo test --workspace --locked --doc
+cargo test --workspace  --doc
+
+log "fuzzing (bounded): engine decoders"
+fuzz_seconds=${RILL_FUZZ_SECONDS:-15}
+[ "${RILL_TEST_LONG:-0}" = 1 ] && fuzz_seconds=${RILL_FUZZ_SECONDS:-300}
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
+for target in envelope_decode recovery_scan; do
+  # Stable toolchain: cargo-fuzz needs -Z flags, RUSTC_BOOTSTRAP allows them (see NOTES).
+  (cd engine && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$fuzz_seconds" \
+     -print_final_stats=1 2>&1 | tail -n 3)
+done
 
 log "all tests passed"

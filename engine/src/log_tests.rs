@@ -660,3 +660,29 @@ mod on_glommio {
         });
     }
 }
+
+/// Writes the seed corpus of the engine's fuzz targets (run with `RILL_WRITE_FUZZ_CORPUS=1`).
+#[test]
+fn write_fuzz_seed_corpus() {
+    if std::env::var("RILL_WRITE_FUZZ_CORPUS").is_err() {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let store = MemStorage::reliable();
+    let clock = ManualClock::new(T0);
+    block_on(async {
+        let log = open_mem(&store, small_config(), &clock).await.unwrap();
+        for i in 0..6 {
+            log.append(batch(1 + i, 50 * i as usize + 10, T0), 1, Durability::Fsync).await.unwrap();
+        }
+        let frames: Vec<Vec<u8>> = read_all(&log).await.iter().map(|b| b.to_frame()).collect();
+        for (i, f) in frames.iter().enumerate() {
+            std::fs::write(root.join(format!("envelope_decode/frame-{i}")), f).unwrap();
+        }
+        let segment: Vec<u8> = frames.concat();
+        std::fs::write(root.join("recovery_scan/segment"), &segment).unwrap();
+        let mut torn = segment.clone();
+        torn.truncate(segment.len() - 7);
+        std::fs::write(root.join("recovery_scan/torn"), &torn).unwrap();
+    });
+}

@@ -255,9 +255,9 @@ impl<S: PartitionStore + 'static> Shard<S> {
         let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
         let max_bytes = usize::try_from(request.max_bytes).ok().filter(|bytes| *bytes > 0).unwrap_or(usize::MAX);
         let mut wanted: Vec<ReadItem> = Vec::new();
-        let mut shape: Vec<(TopicName, usize)> = Vec::new();
+        let mut shape: Vec<(TopicName, Vec<i32>)> = Vec::new();
         for topic in &request.topics {
-            shape.push((topic.topic.clone(), topic.partitions.len()));
+            shape.push((topic.topic.clone(), topic.partitions.iter().map(|p| p.partition).collect()));
             for partition in &topic.partitions {
                 wanted.push(ReadItem {
                     partition: TopicPartition::new(topic.topic.0.to_string(), partition.partition),
@@ -317,16 +317,16 @@ impl<S: PartitionStore + 'static> Shard<S> {
         results
     }
 
-    fn fetch_response(shape: Vec<(TopicName, usize)>, results: Vec<Result<ReadOutcome, ReadFailure>>, max_bytes: usize) -> FetchResponse {
+    fn fetch_response(shape: Vec<(TopicName, Vec<i32>)>, results: Vec<Result<ReadOutcome, ReadFailure>>, max_bytes: usize) -> FetchResponse {
         let mut results = results.into_iter();
         let mut total = 0usize;
         let mut topics = Vec::with_capacity(shape.len());
-        for (name, count) in shape {
-            let mut partitions = Vec::with_capacity(count);
-            for index in 0..count {
+        for (name, indexes) in shape {
+            let mut partitions = Vec::with_capacity(indexes.len());
+            for index in indexes {
                 let result = results.next().expect("one result per partition");
                 let mut data = PartitionData::default()
-                    .with_partition_index(0)
+                    .with_partition_index(index)
                     .with_aborted_transactions(Some(Vec::new()))
                     .with_preferred_read_replica(BrokerId(-1));
                 match result {
@@ -351,7 +351,6 @@ impl<S: PartitionStore + 'static> Shard<S> {
                             .with_records(Some(Bytes::new()));
                     }
                 }
-                data.partition_index = i32::try_from(index).unwrap_or(0);
                 partitions.push(data);
             }
             topics.push(FetchableTopicResponse::default().with_topic(name).with_partitions(partitions));

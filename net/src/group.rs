@@ -548,7 +548,9 @@ impl GroupCoordinator {
             if generation != group.generation {
                 return KafkaCode::IllegalGeneration;
             }
-            if group.state == GroupState::PreparingRebalance {
+            // As Kafka: members keep their partitions until they rejoin, so commits are accepted
+            // while preparing a rebalance, but not while the new assignment is being computed.
+            if group.state == GroupState::CompletingRebalance {
                 return KafkaCode::RebalanceInProgress;
             }
         }

@@ -1,0 +1,120 @@
+//! End-to-end tests with real Kafka clients nobody here wrote: kcat (Debian, librdkafka 2.0.2),
+//! confluent-kafka (librdkafka 2.16) and kafka-python 3, against `rill serve` processes.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::Broker;
+
+/// Each broker runs on both cores of the test machine so partitions are spread over cores and
+/// requests cross the channel mesh.
+const CORES: usize = 2;
+
+#[test]
+fn produce_consume_100k_records_over_6_partitions_exactly_once_in_order() {
+    let broker = Broker::start(CORES, &[]);
+    broker.run_python("produce_consume.py", &[]);
+}
+
+#[test]
+fn idempotent_producer_100k_records_exactly_once() {
+    let broker = Broker::start(CORES, &[]);
+    broker.run_python("produce_consume.py", &["idempotent"]);
+}
+
+#[test]
+fn gzip_snappy_lz4_zstd_batches_round_trip() {
+    let broker = Broker::start(CORES, &[]);
+    broker.run_python("compression.py", &[]);
+}
+
+#[test]
+fn topic_admin_through_admin_apis() {
+    let broker = Broker::start(CORES, &[]);
+    broker.run_python("admin.py", &[]);
+}
+
+#[test]
+fn consumer_group_of_three_rebalances_when_one_leaves() {
+    let broker = Broker::start(CORES, &[]);
+    broker.run_python("group.py", &[]);
+}
+
+#[test]
+fn kafka_python_produces_and_consumes_in_a_group() {
+    let broker = Broker::start(CORES, &[]);
+    broker.run_python("kafka_python.py", &[]);
+}
+
+fn kcat(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new("kcat")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kcat is installed by scripts/test.sh");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    let output = child.wait_with_output().unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn kcat_on_librdkafka_2_0_2_lists_produces_and_consumes() {
+    let broker = Broker::start(CORES, &["--auto-create-topics"]);
+    let bootstrap = broker.bootstrap();
+    let (ok, stdout, stderr) = kcat(&["-b", &bootstrap, "-L", "-m", "30"], None);
+    assert!(ok, "kcat -L failed: {stderr}\n{}", broker.log());
+    assert!(stdout.contains("1 brokers:"), "{stdout}");
+    assert!(stdout.contains(&format!("broker 0 at {bootstrap}")), "{stdout}");
+    let lines: String = (0..500).map(|i| format!("key{i}:value {i}\n")).collect();
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("kcat-{codec}");
+        let (ok, _, stderr) = kcat(&["-b", &bootstrap, "-P", "-t", &topic, "-K:", "-z", codec, "-m", "30"], Some(&lines));
+        assert!(ok, "kcat produce {codec} failed: {stderr}\n{}", broker.log());
+        let (ok, stdout, stderr) =
+            kcat(&["-b", &bootstrap, "-C", "-t", &topic, "-o", "beginning", "-e", "-f", "%k=%s\n", "-m", "30"], None);
+        assert!(ok, "kcat consume {codec} failed: {stderr}");
+        let expected: String = (0..500).map(|i| format!("key{i}=value {i}\n")).collect();
+        assert_eq!(stdout, expected, "kcat {codec} round trip");
+    }
+    let (ok, stdout, _) = kcat(&["-b", &bootstrap, "-L", "-t", "kcat-zstd", "-m", "30"], None);
+    assert!(ok);
+    assert!(stdout.contains("topic \"kcat-zstd\" with 1 partitions"), "{stdout}");
+}
+
+#[test]
+fn admin_http_serves_metrics_and_health() {
+    let broker = Broker::start(CORES, &["--auto-create-topics"]);
+    let (ok, _, stderr) = kcat(&["-b", &broker.bootstrap(), "-P", "-t", "metered", "-m", "30"], Some("a\nb\n"));
+    assert!(ok, "{stderr}");
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(broker.admin).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    assert!(get("/health").ends_with("ok\n"));
+    let metrics = get("/metrics");
+    assert!(metrics.starts_with("HTTP/1.0 200 OK"), "{metrics}");
+    assert!(metrics.contains("rill_requests_total{api=\"Produce\"} 1"), "{metrics}");
+    assert!(metrics.contains("rill_partitions 1"), "{metrics}");
+    assert!(get("/nope").starts_with("HTTP/1.0 404"));
+}
+
+#[test]
+fn sigterm_stops_the_broker_cleanly() {
+    let mut broker = Broker::start(CORES, &[]);
+    assert!(broker.stop(), "broker did not exit 0 after SIGTERM:\n{}", broker.log());
+    assert!(broker.log().contains("rill stopped"), "{}", broker.log());
+}

@@ -1,0 +1,147 @@
+//! Shared harness for end-to-end tests: start `rill serve` on free ports, wait until it
+//! answers, stop it by PID (SIGTERM, then SIGKILL), and run the Python client scripts.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest wait for a broker to accept connections (a loaded 2-core machine is slow).
+pub const BROKER_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a broker gets to exit after SIGTERM before it is killed.
+pub const BROKER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The release binary from scripts/test.sh, else the one cargo built for this test.
+pub fn rill_bin() -> PathBuf {
+    std::env::var_os("RILL_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rill")))
+}
+
+/// The venv Python with confluent-kafka and kafka-python (installed by scripts/test.sh).
+pub fn python() -> PathBuf {
+    if let Some(path) = std::env::var_os("RILL_TEST_PYTHON") {
+        return PathBuf::from(path);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python");
+    assert!(venv.exists(), "no Python client venv: run scripts/test.sh (it creates target/venv) or set RILL_TEST_PYTHON");
+    venv
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("local addr").port()
+}
+
+/// A running broker, stopped on drop.
+pub struct Broker {
+    child: Option<Child>,
+    /// Kafka address.
+    pub kafka: SocketAddr,
+    /// Admin HTTP address.
+    pub admin: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    log_path: PathBuf,
+}
+
+impl Broker {
+    /// Start a broker on `cores` cores with extra flags.
+    pub fn start(cores: usize, extra: &[&str]) -> Broker {
+        let cores = cores.min(std::thread::available_parallelism().map_or(1, |n| n.get()));
+        // A port picked here may be taken before the broker binds it; retry a few times.
+        for attempt in 0..5 {
+            let kafka: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let data_dir = std::env::temp_dir().join(format!("rill-test-{}-{}", std::process::id(), kafka.port()));
+            let log_path = data_dir.with_extension("log");
+            let log = std::fs::File::create(&log_path).expect("create broker log");
+            let child = Command::new(rill_bin())
+                .args(["serve", "--cores", &cores.to_string(), "--kafka-listen", &kafka.to_string()])
+                .args(["--admin-listen", &admin.to_string(), "--data-dir", data_dir.to_str().unwrap()])
+                .args(extra)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn rill serve");
+            let mut broker = Broker { child: Some(child), kafka, admin, data_dir, log_path };
+            if broker.wait_ready() {
+                return broker;
+            }
+            eprintln!("broker attempt {attempt} did not start:\n{}", broker.log());
+            broker.stop();
+        }
+        panic!("broker did not start after 5 attempts");
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + BROKER_START_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                eprintln!("broker exited early: {status}");
+                return false;
+            }
+            if TcpStream::connect_timeout(&self.kafka, Duration::from_millis(200)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Bootstrap string for clients.
+    pub fn bootstrap(&self) -> String {
+        self.kafka.to_string()
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGTERM, wait, SIGKILL if needed. Returns whether it exited cleanly after SIGTERM.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        let pid = i32::try_from(child.id()).expect("pid fits i32");
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let deadline = Instant::now() + BROKER_STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// Run a Python client script from tests/python against this broker.
+    pub fn run_python(&self, script: &str, args: &[&str]) -> Output {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+        let output = Command::new(python())
+            .arg(&path)
+            .arg(self.bootstrap())
+            .args(args)
+            .output()
+            .expect("run python");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{script} failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}\nbroker log:\n{}",
+            output.status,
+            self.log()
+        );
+        println!("{script}: {stdout}");
+        output
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        let _ = std::fs::remove_file(&self.log_path);
+    }
+}

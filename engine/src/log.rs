@@ -46,7 +46,7 @@ pub enum Durability {
 }
 
 /// Configuration of one log. Limits carry their unit last.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct LogConfig {
     /// Roll to a new segment beyond this size.
     pub segment_bytes: u64,
@@ -244,7 +244,7 @@ impl<F: StorageFile> LogState<F> {
 pub struct PartitionLog<S: Storage> {
     storage: S,
     dir: PathBuf,
-    config: LogConfig,
+    config: Cell<LogConfig>,
     clock: Rc<dyn Clock>,
     cache: SharedBatchCache,
     cache_id: u64,
@@ -302,7 +302,7 @@ impl<S: Storage> PartitionLog<S> {
         let log = PartitionLog {
             storage,
             dir,
-            config,
+            config: Cell::new(config),
             clock,
             cache,
             cache_id,
@@ -377,7 +377,7 @@ impl<S: Storage> PartitionLog<S> {
                     .map_err(io_err("truncate", &path))?;
                 file.fdatasync().await.map_err(io_err("fdatasync", &path))?;
             }
-            let mut index = SparseIndex::new(self.config.index_interval_bytes);
+            let mut index = SparseIndex::new(self.config().index_interval_bytes);
             let mut max_timestamp = -1;
             let mut next_offset = base;
             let mut st = self.state.borrow_mut();
@@ -473,8 +473,8 @@ impl<S: Storage> PartitionLog<S> {
             Bytes::new()
         };
         let mut st = self.state.borrow_mut();
-        let chunk = take_chunk(&mut st.pool, &*file, self.config.chunk_bytes);
-        let writer = SegmentWriter::new(self.config.chunk_bytes, size, &tail, chunk);
+        let chunk = take_chunk(&mut st.pool, &*file, self.config().chunk_bytes);
+        let writer = SegmentWriter::new(self.config().chunk_bytes, size, &tail, chunk);
         let epoch_start = size;
         let active = st.active_mut();
         active.writer = Some(writer);
@@ -499,8 +499,8 @@ impl<S: Storage> PartitionLog<S> {
             .map_err(io_err("sync dir", &self.dir))?;
         let now = self.clock.now_ms();
         let mut st = self.state.borrow_mut();
-        let chunk = take_chunk(&mut st.pool, &file, self.config.chunk_bytes);
-        let writer = SegmentWriter::new(self.config.chunk_bytes, 0, &[], chunk);
+        let chunk = take_chunk(&mut st.pool, &file, self.config().chunk_bytes);
+        let writer = SegmentWriter::new(self.config().chunk_bytes, 0, &[], chunk);
         st.segments.insert(
             base_offset,
             Segment {
@@ -513,7 +513,7 @@ impl<S: Storage> PartitionLog<S> {
                 next_offset: base_offset,
                 max_timestamp: -1,
                 created_ms: now,
-                index: SparseIndex::new(self.config.index_interval_bytes),
+                index: SparseIndex::new(self.config().index_interval_bytes),
                 writer: Some(writer),
             },
         );
@@ -562,29 +562,49 @@ impl<S: Storage> PartitionLog<S> {
         consensus_index: u64,
         durability: Durability,
     ) -> Result<AppendResult, LogError> {
-        if batch.len() > self.config.batch_bytes_max {
-            return Err(LogError::BatchTooLarge {
-                size: batch.len(),
-                max: self.config.batch_bytes_max,
-            });
+        let results = self.append_many(vec![batch], term, consensus_index, durability).await?;
+        Ok(results[0])
+    }
+
+    /// Appends several batches back to back: all are validated before any is staged, they get
+    /// consecutive offsets with nothing in between, and one durability wait covers them all.
+    pub async fn append_many(
+        &self,
+        batches: Vec<BytesMut>,
+        term: u64,
+        consensus_index: u64,
+        durability: Durability,
+    ) -> Result<Vec<AppendResult>, LogError> {
+        assert!(!batches.is_empty());
+        let mut infos = Vec::with_capacity(batches.len());
+        let mut frame_bytes = 0u64;
+        for batch in &batches {
+            if batch.len() > self.config().batch_bytes_max {
+                return Err(LogError::BatchTooLarge { size: batch.len(), max: self.config().batch_bytes_max });
+            }
+            infos.push(envelope::parse_kafka_batch(batch, true)?);
+            frame_bytes += (HEADER_BYTES + batch.len()) as u64;
         }
-        let info = envelope::parse_kafka_batch(&batch, true)?;
-        let frame_bytes = (HEADER_BYTES + batch.len()) as u64;
         let guard = self.stage_lock.lock().await;
         self.check_usable()?;
         self.prepare_room(frame_bytes, term).await?;
-        let result = self.stage(batch, info, term, consensus_index);
+        let results: Vec<AppendResult> = batches
+            .into_iter()
+            .zip(infos)
+            .map(|(batch, info)| self.stage(batch, info, term, consensus_index))
+            .collect();
         drop(guard);
+        let end = results.last().expect("at least one").last_offset + 1;
         match durability {
-            Durability::Fsync => self.flush_to(result.last_offset + 1, true).await?,
-            Durability::Write => self.flush_to(result.last_offset + 1, false).await?,
+            Durability::Fsync => self.flush_to(end, true).await?,
+            Durability::Write => self.flush_to(end, false).await?,
             Durability::Memory => {
-                if self.staged_bytes() > self.config.staged_bytes_max {
-                    self.flush_to(result.last_offset + 1, false).await?;
+                if self.staged_bytes() > self.config().staged_bytes_max {
+                    self.flush_to(end, false).await?;
                 }
             }
         }
-        Ok(result)
+        Ok(results)
     }
 
     fn staged_bytes(&self) -> usize {
@@ -602,8 +622,8 @@ impl<S: Storage> PartitionLog<S> {
         let (roll, next_offset) = {
             let st = self.state.borrow();
             let a = st.active();
-            let too_big = a.size + frame_bytes > self.config.segment_bytes;
-            let too_old = self.clock.now_ms() - a.created_ms >= self.config.segment_ms;
+            let too_big = a.size + frame_bytes > self.config().segment_bytes;
+            let too_old = self.clock.now_ms() - a.created_ms >= self.config().segment_ms;
             (a.size > 0 && (too_big || too_old), st.next_offset)
         };
         if roll {
@@ -615,9 +635,9 @@ impl<S: Storage> PartitionLog<S> {
             (a.file.clone(), a.size, a.allocated)
         };
         if size + frame_bytes > allocated {
-            let want = crate::storage::align_up(size + frame_bytes) + self.config.preallocate_bytes;
+            let want = crate::storage::align_up(size + frame_bytes) + self.config().preallocate_bytes;
             let want = want.min(crate::storage::align_up(
-                self.config.segment_bytes.max(size + frame_bytes),
+                self.config().segment_bytes.max(size + frame_bytes),
             ));
             match file.preallocate(want).await {
                 Ok(()) => self.state.borrow_mut().active_mut().allocated = want,
@@ -667,7 +687,7 @@ impl<S: Storage> PartitionLog<S> {
             epoch_start,
         );
         let header_bytes = envelope::encode_header(&header, &payload);
-        let chunk_bytes = self.config.chunk_bytes;
+        let chunk_bytes = self.config().chunk_bytes;
         let LogState { segments, pool, .. } = &mut *st;
         let active = segments.values_mut().next_back().expect("active segment");
         let file = active.file.clone();
@@ -761,8 +781,8 @@ impl<S: Storage> PartitionLog<S> {
     async fn write_segment(&self, base: i64, sync: bool) -> Result<(), LogError> {
         let (file, ops, size) = {
             let mut st = self.state.borrow_mut();
-            let chunk_bytes = self.config.chunk_bytes;
-            let pool_max = self.config.chunk_pool_max;
+            let chunk_bytes = self.config().chunk_bytes;
+            let pool_max = self.config().chunk_pool_max;
             let LogState { segments, pool, .. } = &mut *st;
             let Some(seg) = segments.get_mut(&base) else {
                 return Ok(());
@@ -831,8 +851,8 @@ impl<S: Storage> PartitionLog<S> {
                     recycle_chunk(
                         &mut st.pool,
                         buf,
-                        self.config.chunk_bytes,
-                        self.config.chunk_pool_max,
+                        self.config().chunk_bytes,
+                        self.config().chunk_pool_max,
                     );
                 }
             }
@@ -863,8 +883,8 @@ impl<S: Storage> PartitionLog<S> {
             recycle_chunk(
                 &mut st.pool,
                 chunk,
-                self.config.chunk_bytes,
-                self.config.chunk_pool_max,
+                self.config().chunk_bytes,
+                self.config().chunk_pool_max,
             );
         }
         st.segments.get_mut(&base).expect("present").allocated = size;
@@ -1233,11 +1253,11 @@ impl<S: Storage> PartitionLog<S> {
                 .filter(|s| s.base_offset != active && s.writer.is_none())
             {
                 let expired = self
-                    .config
+                    .config()
                     .retention_ms
                     .is_some_and(|ms| s.max_timestamp < now - ms);
                 let oversize = self
-                    .config
+                    .config()
                     .retention_bytes
                     .is_some_and(|max| total - s.size >= max);
                 if !(expired || oversize) {
@@ -1372,6 +1392,20 @@ impl<S: Storage> PartitionLog<S> {
             .remove_dir_all(&self.dir)
             .await
             .map_err(io_err("remove dir", &self.dir))
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> LogConfig {
+        self.config.get()
+    }
+
+    /// Replaces the configuration (topic config changes). Chunk size changes apply to new
+    /// segments only; retention applies at the next [`apply_retention`](Self::apply_retention).
+    pub fn set_config(&self, config: LogConfig) {
+        assert!(config.chunk_bytes > 0 && config.chunk_bytes as u64 % crate::storage::IO_ALIGN == 0);
+        let mut config = config;
+        config.chunk_bytes = self.config.get().chunk_bytes;
+        self.config.set(config);
     }
 
     /// The first readable offset.

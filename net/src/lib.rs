@@ -21,6 +21,7 @@ pub mod batch;
 pub mod broker;
 pub mod codec;
 pub mod controller;
+pub mod disk;
 pub mod errors;
 pub mod frame;
 pub mod group;

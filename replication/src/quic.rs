@@ -261,11 +261,13 @@ impl QuicTransport {
         let mut client_config = identity.quic_client_config()?;
         client_config.transport_config(transport_config);
 
-        let socket = UdpSocket::bind(config.bind).map_err(|e| TransportError::Io {
+        let mut socket = UdpSocket::bind(config.bind).map_err(|e| TransportError::Io {
             operation: "bind replication UDP socket",
             address: config.bind.to_string(),
             source: e.into(),
         })?;
+        // glommio's receive path otherwise truncates datagrams at its 8 KiB default buffer.
+        socket.set_buffer_size(usize::from(config.max_udp_payload_bytes) + 64);
         let local_socket = socket.local_addr().map_err(|e| TransportError::Io {
             operation: "read local address",
             address: config.bind.to_string(),

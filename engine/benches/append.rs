@@ -20,13 +20,20 @@ const BATCH_SIZES: [usize; 4] = [4 << 10, 64 << 10, 256 << 10, 1 << 20];
 const APPENDERS: usize = 8;
 
 fn bench_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("engine-bench").join(name);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("engine-bench")
+        .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
 
 fn config() -> LogConfig {
-    LogConfig { segment_bytes: 1 << 30, retention_ms: None, batch_bytes_max: 2 << 20, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes: 1 << 30,
+        retention_ms: None,
+        batch_bytes_max: 2 << 20,
+        ..LogConfig::default()
+    }
 }
 
 /// Appends `iters` batches of `size` bytes with `APPENDERS` concurrent appenders; returns the
@@ -36,9 +43,15 @@ fn append_run(size: usize, durability: Durability, iters: u64) -> Duration {
     let dir = bench_dir("append");
     let elapsed = glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {
-            let log = PartitionLog::open(GlommioStorage, dir.clone(), config(), BatchCache::shared(64 << 20), Rc::new(SystemClock))
-                .await
-                .unwrap();
+            let log = PartitionLog::open(
+                GlommioStorage,
+                dir.clone(),
+                config(),
+                BatchCache::shared(64 << 20),
+                Rc::new(SystemClock),
+            )
+            .await
+            .unwrap();
             let log = Rc::new(log);
             let batch = rill_engine::testing::kafka_batch(10, size - 61, 0);
             let started = Instant::now();
@@ -48,7 +61,9 @@ fn append_run(size: usize, durability: Durability, iters: u64) -> Duration {
                     glommio::spawn_local(async move {
                         let mut i = t;
                         while i < iters {
-                            log.append(BytesMut::from(&batch[..]), 1, durability).await.unwrap();
+                            log.append(BytesMut::from(&batch[..]), 1, durability)
+                                .await
+                                .unwrap();
                             i += APPENDERS as u64;
                         }
                     })
@@ -71,12 +86,20 @@ fn append_run(size: usize, durability: Durability, iters: u64) -> Duration {
 
 fn append_throughput(c: &mut Criterion) {
     let mut group = c.benchmark_group("append");
-    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
     for durability in [Durability::Write, Durability::Fsync] {
         for size in BATCH_SIZES {
             group.throughput(Throughput::Bytes(size as u64));
-            let id = BenchmarkId::new(format!("{durability:?}").to_lowercase(), format!("{}KiB", size >> 10));
-            group.bench_function(id, |b| b.iter_custom(|iters| append_run(size, durability, iters)));
+            let id = BenchmarkId::new(
+                format!("{durability:?}").to_lowercase(),
+                format!("{}KiB", size >> 10),
+            );
+            group.bench_function(id, |b| {
+                b.iter_custom(|iters| append_run(size, durability, iters))
+            });
         }
     }
     group.finish();
@@ -91,10 +114,20 @@ fn read_throughput(c: &mut Criterion) {
         let dir = dir.clone();
         glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
-                let log = PartitionLog::open(GlommioStorage, dir, config(), BatchCache::shared(0), Rc::new(SystemClock)).await.unwrap();
+                let log = PartitionLog::open(
+                    GlommioStorage,
+                    dir,
+                    config(),
+                    BatchCache::shared(0),
+                    Rc::new(SystemClock),
+                )
+                .await
+                .unwrap();
                 let batch = rill_engine::testing::kafka_batch(10, size - 61, 0);
                 for _ in 0..batches {
-                    log.append(BytesMut::from(&batch[..]), 1, Durability::Memory).await.unwrap();
+                    log.append(BytesMut::from(&batch[..]), 1, Durability::Memory)
+                        .await
+                        .unwrap();
                 }
                 log.close().await.unwrap();
             })
@@ -103,14 +136,24 @@ fn read_throughput(c: &mut Criterion) {
             .unwrap();
     }
     let mut group = c.benchmark_group("read");
-    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
     group.throughput(Throughput::Bytes(size as u64 * batches));
     group.bench_function("sequential_512MiB", |b| {
         b.iter_custom(|iters| {
             let dir = dir.clone();
             glommio::LocalExecutorBuilder::default()
                 .spawn(move || async move {
-                    let log = PartitionLog::open(GlommioStorage, dir, config(), BatchCache::shared(0), Rc::new(SystemClock)).await.unwrap();
+                    let log = PartitionLog::open(
+                        GlommioStorage,
+                        dir,
+                        config(),
+                        BatchCache::shared(0),
+                        Rc::new(SystemClock),
+                    )
+                    .await
+                    .unwrap();
                     let end = log.log_end_offset();
                     let started = Instant::now();
                     for _ in 0..iters {

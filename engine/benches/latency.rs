@@ -21,14 +21,29 @@ const RUN_TIME: Duration = Duration::from_secs(5);
 const WARM_UP: Duration = Duration::from_secs(1);
 
 fn dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("engine-latency").join(name);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("engine-latency")
+        .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
 
 async fn open(dir: PathBuf) -> Rc<PartitionLog<GlommioStorage>> {
-    let config = LogConfig { retention_ms: None, ..LogConfig::default() };
-    Rc::new(PartitionLog::open(GlommioStorage, dir, config, BatchCache::shared(64 << 20), Rc::new(SystemClock)).await.unwrap())
+    let config = LogConfig {
+        retention_ms: None,
+        ..LogConfig::default()
+    };
+    Rc::new(
+        PartitionLog::open(
+            GlommioStorage,
+            dir,
+            config,
+            BatchCache::shared(64 << 20),
+            Rc::new(SystemClock),
+        )
+        .await
+        .unwrap(),
+    )
 }
 
 struct Report {
@@ -43,21 +58,30 @@ async fn closed_loop(appenders: usize) -> Report {
     let path = dir(&format!("a{appenders}"));
     let log = open(path.clone()).await;
     let batch = rill_engine::testing::kafka_batch(1, BATCH_BYTES - 61, 0);
-    let histogram = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap()));
+    let histogram = Rc::new(RefCell::new(
+        Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap(),
+    ));
     let start = Instant::now();
     let measure_from = start + WARM_UP;
     let stop_at = measure_from + RUN_TIME;
     let counters = Rc::new(RefCell::new(0u64));
     let tasks: Vec<_> = (0..appenders)
         .map(|_| {
-            let (log, batch, histogram, counters) = (log.clone(), batch.clone(), histogram.clone(), counters.clone());
+            let (log, batch, histogram, counters) = (
+                log.clone(),
+                batch.clone(),
+                histogram.clone(),
+                counters.clone(),
+            );
             glommio::spawn_local(async move {
                 loop {
                     let t0 = Instant::now();
                     if t0 >= stop_at {
                         break;
                     }
-                    log.append(BytesMut::from(&batch[..]), 1, Durability::Fsync).await.unwrap();
+                    log.append(BytesMut::from(&batch[..]), 1, Durability::Fsync)
+                        .await
+                        .unwrap();
                     let nanos = u64::try_from(t0.elapsed().as_nanos()).unwrap();
                     if t0 >= measure_from {
                         histogram.borrow_mut().record(nanos).unwrap();
@@ -79,7 +103,13 @@ async fn closed_loop(appenders: usize) -> Report {
     let _ = std::fs::remove_dir_all(&path);
     let appends = *counters.borrow();
     let histogram = histogram.borrow().clone();
-    Report { appenders, histogram, appends, fdatasyncs, seconds: RUN_TIME.as_secs_f64() }
+    Report {
+        appenders,
+        histogram,
+        appends,
+        fdatasyncs,
+        seconds: RUN_TIME.as_secs_f64(),
+    }
 }
 
 /// Issues 64 appends at once, 50 times; returns fdatasyncs per round (min, median, max).
@@ -93,7 +123,11 @@ async fn group_commit_rounds() -> (u64, u64, u64) {
         let tasks: Vec<_> = (0..64)
             .map(|_| {
                 let (log, batch) = (log.clone(), batch.clone());
-                glommio::spawn_local(async move { log.append(BytesMut::from(&batch[..]), 1, Durability::Fsync).await.unwrap() })
+                glommio::spawn_local(async move {
+                    log.append(BytesMut::from(&batch[..]), 1, Durability::Fsync)
+                        .await
+                        .unwrap()
+                })
             })
             .collect();
         for t in tasks {
@@ -104,7 +138,11 @@ async fn group_commit_rounds() -> (u64, u64, u64) {
     log.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&path);
     per_round.sort();
-    (per_round[0], per_round[per_round.len() / 2], per_round[per_round.len() - 1])
+    (
+        per_round[0],
+        per_round[per_round.len() / 2],
+        per_round[per_round.len() - 1],
+    )
 }
 
 fn us(h: &Histogram<u64>, q: f64) -> f64 {
@@ -126,7 +164,11 @@ fn main() {
         .join()
         .unwrap();
     if !json {
-        println!("durable 4 KiB appends (durability=fsync), {}s per row after {}s warm-up", RUN_TIME.as_secs(), WARM_UP.as_secs());
+        println!(
+            "durable 4 KiB appends (durability=fsync), {}s per row after {}s warm-up",
+            RUN_TIME.as_secs(),
+            WARM_UP.as_secs()
+        );
         println!("| appenders | appends/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | fdatasyncs/append |");
         println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     }
@@ -142,7 +184,12 @@ fn main() {
         } else {
             println!(
                 "| {} | {rate:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {per:.3} |",
-                r.appenders, us(h, 0.5), us(h, 0.9), us(h, 0.99), us(h, 0.999), h.max() as f64 / 1000.0
+                r.appenders,
+                us(h, 0.5),
+                us(h, 0.9),
+                us(h, 0.99),
+                us(h, 0.999),
+                h.max() as f64 / 1000.0
             );
         }
     }

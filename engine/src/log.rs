@@ -316,9 +316,10 @@ impl<S: Storage> PartitionLog<S> {
     }
 
     async fn recover(&self, found: Vec<(i64, u64, String)>) -> Result<(), LogError> {
-        let count = found.len();
         let mut expected_base: Option<i64> = None;
-        for (i, (base, _term, name)) in found.into_iter().enumerate() {
+        let mut orphans: Vec<PathBuf> = Vec::new();
+        let mut torn_before: Option<(String, u64)> = None;
+        for (base, _term, name) in found {
             let path = self.dir.join(&name);
             let file = self
                 .storage
@@ -328,16 +329,40 @@ impl<S: Storage> PartitionLog<S> {
             let scan = recovery::scan_segment(&file, base)
                 .await
                 .map_err(io_err("scan", &path))?;
-            let is_last = i + 1 == count;
-            if let Some(expected) = expected_base {
-                if base != expected {
-                    return Err(self.fenced(
-                        &name,
-                        0,
-                        format!("segment starts at offset {base}, expected {expected}"),
-                        0,
-                    ));
-                }
+            // A roll creates the next segment before the previous one's tail is flushed. If
+            // the power goes in between, that tail (never acknowledged) is lost and the new,
+            // empty segment starts past the recovered end: an orphan, removed below. A gap
+            // before a segment that holds data is damage.
+            let gap = expected_base.is_some_and(|expected| base != expected);
+            if (gap || !orphans.is_empty())
+                && scan.frames.is_empty()
+                && scan.outcome == ScanOutcome::Clean
+            {
+                warn!(segment = %path.display(), expected = ?expected_base, "removing empty segment orphaned by a lost tail");
+                orphans.push(path);
+                continue;
+            }
+            if gap || !orphans.is_empty() {
+                let expected = expected_base.unwrap_or(base);
+                return Err(self.fenced(
+                    &name,
+                    0,
+                    format!("segment starts at offset {base}, expected {expected}"),
+                    0,
+                ));
+            }
+            // A torn tail is only sound at the end of the log: data kept after it means the
+            // torn segment had been sealed (written, synced) before, so this is damage.
+            if let Some((torn_name, torn_end)) = torn_before.take() {
+                return Err(self.fenced(
+                    &torn_name,
+                    torn_end,
+                    "torn tail in a sealed segment".into(),
+                    0,
+                ));
+            }
+            if matches!(scan.outcome, ScanOutcome::TornTail { .. }) {
+                torn_before = Some((name.clone(), scan.valid_end));
             }
             match &scan.outcome {
                 ScanOutcome::Clean => {}
@@ -351,14 +376,6 @@ impl<S: Storage> PartitionLog<S> {
                         *position,
                         reason.clone(),
                         *next_valid_position,
-                    ));
-                }
-                ScanOutcome::TornTail { .. } if !is_last => {
-                    return Err(self.fenced(
-                        &name,
-                        scan.valid_end,
-                        "torn tail in a sealed segment".into(),
-                        0,
                     ));
                 }
                 ScanOutcome::TornTail {
@@ -411,6 +428,18 @@ impl<S: Storage> PartitionLog<S> {
                     writer: None,
                 },
             );
+        }
+        for orphan in &orphans {
+            self.storage
+                .remove_file(orphan)
+                .await
+                .map_err(io_err("remove", orphan))?;
+        }
+        if !orphans.is_empty() {
+            self.storage
+                .sync_dir(&self.dir)
+                .await
+                .map_err(io_err("sync dir", &self.dir))?;
         }
         let first_base = {
             let st = self.state.borrow();
@@ -562,7 +591,9 @@ impl<S: Storage> PartitionLog<S> {
         consensus_index: u64,
         durability: Durability,
     ) -> Result<AppendResult, LogError> {
-        let results = self.append_many(vec![batch], term, consensus_index, durability).await?;
+        let results = self
+            .append_many(vec![batch], term, consensus_index, durability)
+            .await?;
         Ok(results[0])
     }
 
@@ -580,7 +611,10 @@ impl<S: Storage> PartitionLog<S> {
         let mut frame_bytes = 0u64;
         for batch in &batches {
             if batch.len() > self.config().batch_bytes_max {
-                return Err(LogError::BatchTooLarge { size: batch.len(), max: self.config().batch_bytes_max });
+                return Err(LogError::BatchTooLarge {
+                    size: batch.len(),
+                    max: self.config().batch_bytes_max,
+                });
             }
             infos.push(envelope::parse_kafka_batch(batch, true)?);
             frame_bytes += (HEADER_BYTES + batch.len()) as u64;
@@ -588,6 +622,8 @@ impl<S: Storage> PartitionLog<S> {
         let guard = self.stage_lock.lock().await;
         self.check_usable()?;
         self.prepare_room(frame_bytes, term).await?;
+        // The reservation may have awaited; a flush may have failed the log meanwhile.
+        self.check_usable()?;
         let results: Vec<AppendResult> = batches
             .into_iter()
             .zip(infos)
@@ -635,7 +671,8 @@ impl<S: Storage> PartitionLog<S> {
             (a.file.clone(), a.size, a.allocated)
         };
         if size + frame_bytes > allocated {
-            let want = crate::storage::align_up(size + frame_bytes) + self.config().preallocate_bytes;
+            let want =
+                crate::storage::align_up(size + frame_bytes) + self.config().preallocate_bytes;
             let want = want.min(crate::storage::align_up(
                 self.config().segment_bytes.max(size + frame_bytes),
             ));
@@ -1402,7 +1439,9 @@ impl<S: Storage> PartitionLog<S> {
     /// Replaces the configuration (topic config changes). Chunk size changes apply to new
     /// segments only; retention applies at the next [`apply_retention`](Self::apply_retention).
     pub fn set_config(&self, config: LogConfig) {
-        assert!(config.chunk_bytes > 0 && config.chunk_bytes as u64 % crate::storage::IO_ALIGN == 0);
+        assert!(
+            config.chunk_bytes > 0 && config.chunk_bytes as u64 % crate::storage::IO_ALIGN == 0
+        );
         let mut config = config;
         config.chunk_bytes = self.config.get().chunk_bytes;
         self.config.set(config);

@@ -673,7 +673,9 @@ fn write_fuzz_seed_corpus() {
     block_on(async {
         let log = open_mem(&store, small_config(), &clock).await.unwrap();
         for i in 0..6 {
-            log.append(batch(1 + i, 50 * i as usize + 10, T0), 1, Durability::Fsync).await.unwrap();
+            log.append(batch(1 + i, 50 * i as usize + 10, T0), 1, Durability::Fsync)
+                .await
+                .unwrap();
         }
         let frames: Vec<Vec<u8>> = read_all(&log).await.iter().map(|b| b.to_frame()).collect();
         for (i, f) in frames.iter().enumerate() {

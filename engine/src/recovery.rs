@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | nothing, or only zero bytes (preallocated space) | `Clean` | an orderly end |
 //! | non-zero bytes, and no valid frame anywhere after them | `TornTail`: truncate | a write in flight when the power went; it was never acknowledged, since acknowledgement follows fdatasync and nothing was written after it |
-//! | damage, then valid frames, all of one write epoch `M` that began at or before the damage, no earlier epoch after the damage, and an all-zero sector inside the damaged range | `TornTail`: truncate (with a warning naming what was dropped) | one group commit's pages land in any order on a power cut; a hole (zero sector) inside the last group commit followed by pages of that same commit is the signature of a commit whose fdatasync never returned, so nothing in it was acknowledged |
+//! | damage, then valid frames, all of one write epoch `M` that began at or before the damage, no earlier epoch after the damage, and a hole: an all-zero sector inside the damaged range, or zeros from the damage to the end of its sector | `TornTail`: truncate (with a warning naming what was dropped) | one group commit's pages land in any order on a power cut; a hole (zero sector) inside the last group commit followed by pages of that same commit is the signature of a commit whose fdatasync never returned, so nothing in it was acknowledged |
 //! | damage, then any other valid frame | `InteriorDamage`: refuse to open, fence the log | acknowledged data may be damaged; truncating would silently lose it |
 //!
 //! The third row is a deliberate, narrow departure from "truncate only when nothing valid
@@ -190,7 +190,8 @@ async fn classify_tail<F: StorageFile>(
         .iter()
         .all(|f| f.header.write_epoch == epoch && f.header.epoch_start <= damage_at);
     let no_older_after = earlier_max.is_none_or(|e| e <= epoch);
-    let hole = has_zero_sector(w, damage_at, first_later.position).await?;
+    let hole = zeros_to_sector_end(w, damage_at, first_later.position).await?
+        || has_zero_sector(w, damage_at, first_later.position).await?;
     if one_epoch && no_older_after && hole {
         return Ok(ScanOutcome::TornTail {
             reason,
@@ -243,6 +244,24 @@ async fn all_zero<F: StorageFile>(w: &mut Window<'_, F>, from: u64) -> io::Resul
         pos += bytes.len() as u64;
     }
     Ok(true)
+}
+
+/// True when the bytes from `from` to the end of its sector (or `to`) are all zero: a lost
+/// rewrite of a tail page leaves the old page behind, whose bytes after the old end are zero, so
+/// a frame that should start there has a zero magic. A flipped bit never zeroes a magic.
+async fn zeros_to_sector_end<F: StorageFile>(
+    w: &mut Window<'_, F>,
+    from: u64,
+    to: u64,
+) -> io::Result<bool> {
+    let end = (from / SECTOR_BYTES + 1) * SECTOR_BYTES;
+    let end = end.min(to);
+    let n = usize::try_from(end - from).expect("below a sector");
+    if n < 4 {
+        return Ok(false);
+    }
+    let bytes = w.at(from, n).await?;
+    Ok(bytes.len() >= n && bytes[..n].iter().all(|&b| b == 0))
 }
 
 /// True when an aligned all-zero sector lies inside `[from, to)` or straddles `from` (a lost

@@ -33,6 +33,10 @@ pub struct FaultConfig {
     pub write_torn_ppm: u32,
     /// Chance that an fdatasync fails with EIO (nothing new becomes durable).
     pub fsync_eio_ppm: u32,
+    /// Chance that a write, fdatasync or preallocation first yields to the executor once, so
+    /// concurrent tasks interleave with I/O as they would on a real disk (deterministic under a
+    /// FIFO executor).
+    pub yield_ppm: u32,
     /// Total bytes the store may hold across files; writes and preallocations beyond it fail
     /// with ENOSPC. `None` means unlimited.
     pub capacity_bytes: Option<u64>,
@@ -319,6 +323,19 @@ impl Storage for MemStorage {
     }
 }
 
+impl MemFile {
+    async fn maybe_yield(&self) {
+        let yield_now = {
+            let mut fs = self.fs.borrow_mut();
+            let ppm = fs.config.yield_ppm;
+            fs.roll(ppm)
+        };
+        if yield_now {
+            futures_lite::future::yield_now().await;
+        }
+    }
+}
+
 impl StorageFile for MemFile {
     type Buffer = MemBuffer;
 
@@ -327,6 +344,7 @@ impl StorageFile for MemFile {
     }
 
     async fn write_at(&self, buf: Rc<MemBuffer>, pos: u64) -> io::Result<usize> {
+        self.maybe_yield().await;
         assert_eq!(
             pos % super::IO_ALIGN,
             0,
@@ -379,6 +397,7 @@ impl StorageFile for MemFile {
     }
 
     async fn fdatasync(&self) -> io::Result<()> {
+        self.maybe_yield().await;
         let mut fs = self.fs.borrow_mut();
         let ppm = fs.config.fsync_eio_ppm;
         if fs.roll(ppm) {
@@ -393,6 +412,7 @@ impl StorageFile for MemFile {
     }
 
     async fn preallocate(&self, len: u64) -> io::Result<()> {
+        self.maybe_yield().await;
         let mut fs = self.fs.borrow_mut();
         let old_len = self.data.borrow().current.len() as u64;
         if len <= old_len {

@@ -366,6 +366,21 @@ mod tests {
         assert!(matches!(decode_request(frame.freeze()), Err(CodecError::UnsupportedVersion { .. })));
     }
 
+    #[test]
+    fn huge_array_count_in_a_tiny_frame_does_not_allocate() {
+        // Found by the request_frame fuzz target: Metadata v1 announcing 201,326,592 topics made
+        // the upstream decoder reserve 14 GB. The vendored crate caps the reservation.
+        let mut frame = BytesMut::new();
+        frame.put_i16(ApiKey::Metadata as i16);
+        frame.put_i16(1);
+        frame.put_i32(4);
+        frame.put_i16(4);
+        frame.put_slice(b"seed");
+        frame.put_i32(0x0c00_0000);
+        frame.put_slice(&[0; 8]);
+        assert!(matches!(decode_request(frame.freeze()), Err(CodecError::Malformed { .. })));
+    }
+
     proptest::proptest! {
         #[test]
         fn never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {

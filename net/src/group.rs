@@ -744,6 +744,12 @@ mod tests {
         let a = joined(&coordinator.join(t0, 1, join("", "a")), 1);
         assert_eq!(coordinator.commit(t0, "g", 0, &a.member_id, vec![]), KafkaCode::IllegalGeneration);
         assert_eq!(coordinator.commit(t0, "g", 1, "nobody", vec![]), KafkaCode::UnknownMemberId);
+        // The assignment is being computed: no commits until SyncGroup completes.
+        assert_eq!(coordinator.commit(t0, "g", 1, &a.member_id, vec![]), KafkaCode::RebalanceInProgress);
+        coordinator.sync(t0, 2, "g", 1, &a.member_id, vec![]);
+        assert_eq!(coordinator.commit(t0, "g", 1, &a.member_id, vec![(tp.clone(), offset.clone())]), KafkaCode::None);
+        // While preparing the next rebalance, members still own their partitions and may commit.
+        assert!(coordinator.join(t0, 3, join("", "b")).is_empty());
         assert_eq!(coordinator.commit(t0, "g", 1, &a.member_id, vec![(tp.clone(), offset)]), KafkaCode::None);
     }
 }

@@ -449,13 +449,14 @@ impl<S: Storage> PartitionLog<S> {
             None => self.create_segment(0, 0).await?,
             Some(base) => {
                 let start = self.read_start_offset().await?.unwrap_or(base).max(base);
-                let mut st = self.state.borrow_mut();
-                let end = st.active().next_offset;
-                st.log_start_offset = start.min(end);
-                st.next_offset = end;
-                st.written_offset = end;
-                st.durable_offset = end;
-                drop(st);
+                {
+                    let mut st = self.state.borrow_mut();
+                    let end = st.active().next_offset;
+                    st.log_start_offset = start.min(end);
+                    st.next_offset = end;
+                    st.written_offset = end;
+                    st.durable_offset = end;
+                }
                 self.attach_writer().await?;
             }
         }
@@ -1357,7 +1358,7 @@ impl<S: Storage> PartitionLog<S> {
             }
             Err(e) => return Err(io_err("open", &path)(e)),
         };
-        let mut buf = file.alloc_buffer(crate::storage::IO_ALIGN as usize);
+        let mut buf = file.alloc_buffer(crate::storage::IO_ALIGN_BYTES);
         let bytes = buf.as_bytes_mut();
         bytes[0..4].copy_from_slice(&START_OFFSET_MAGIC.to_le_bytes());
         bytes[4..12].copy_from_slice(&offset.to_le_bytes());

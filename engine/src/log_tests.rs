@@ -1,6 +1,8 @@
 //! Tests of the partition log on the in-memory store (deterministic, fault-injecting) and on
 //! glommio DMA files.
 
+#![allow(clippy::cast_possible_truncation)] // test data sizes are small
+
 use super::*;
 use crate::cache::BatchCache;
 use crate::clock::ManualClock;
@@ -132,7 +134,7 @@ fn roll_by_age_and_retention_by_time_and_size() {
         ..small_config()
     };
     block_on(async {
-        let log = open_mem(&store, config.clone(), &clock).await.unwrap();
+        let log = open_mem(&store, config, &clock).await.unwrap();
         for i in 0..6 {
             log.append(batch(2, 100, clock.now_ms()), 1, Durability::Fsync)
                 .await
@@ -286,14 +288,14 @@ fn crash_keeps_every_acknowledged_batch() {
                     });
                     assert_eq!(&b.payload[..], &payload[..]);
                 }
-                let n = 5 + (seed as usize * 7 + round) % 20;
+                let n = 5 + (usize::try_from(seed).unwrap() * 7 + round) % 20;
                 for i in 0..n {
                     let durability = if i % 3 == 0 {
                         Durability::Memory
                     } else {
                         Durability::Fsync
                     };
-                    let b = batch(1 + (i as i32 % 4), 200 + (i * 911) % 9000, T0);
+                    let b = batch(1 + i32::try_from(i % 4).unwrap(), 200 + (i * 911) % 9000, T0);
                     let r = log.append(b, 1, durability).await.unwrap();
                     if durability == Durability::Fsync {
                         // Everything below is covered too.
@@ -330,7 +332,7 @@ fn torn_tails_are_truncated() {
         }),
         ("append garbage", |f, end| {
             f.truncate(end);
-            f.extend((0..5000).map(|i| (i * 31 % 256) as u8));
+            f.extend((0..5000u32).map(|i| u8::try_from(i * 31 % 256).unwrap()));
         }),
     ];
     for (name, damage) in cases {
@@ -341,7 +343,7 @@ fn torn_tails_are_truncated() {
                 segment_bytes: 1 << 20,
                 ..small_config()
             };
-            let log = open_mem(&store, config.clone(), &clock).await.unwrap();
+            let log = open_mem(&store, config, &clock).await.unwrap();
             for _ in 0..10 {
                 log.append(batch(1, 3000, T0), 1, Durability::Fsync)
                     .await

@@ -25,6 +25,8 @@ use std::io;
 const SCAN_WINDOW_BYTES: usize = 4 * 1024 * 1024;
 /// Sector size for hole detection.
 const SECTOR_BYTES: u64 = 512;
+const SECTOR_LEN: usize = 512;
+const _: () = assert!(SECTOR_BYTES == SECTOR_LEN as u64);
 
 /// What recovery keeps of each valid frame (enough to rebuild the indexes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,7 +275,7 @@ async fn has_zero_sector<F: StorageFile>(
 ) -> io::Result<bool> {
     let mut sector = from - from % SECTOR_BYTES;
     while sector + SECTOR_BYTES <= to {
-        let bytes = w.at(sector, SECTOR_BYTES as usize).await?;
+        let bytes = w.at(sector, SECTOR_LEN).await?;
         let n = usize::try_from(SECTOR_BYTES).expect("small");
         if bytes.len() >= n && bytes[..n].iter().all(|&b| b == 0) {
             return Ok(true);

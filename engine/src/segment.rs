@@ -250,6 +250,7 @@ impl<F: StorageFile> Segment<F> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data sizes are small
 mod tests {
     use super::*;
     use crate::storage::memory::MemBuffer;

@@ -12,6 +12,8 @@
 //! `RILL_SIM_SEEDS` sets the number of seeds (default 300; `RILL_TEST_LONG=1`: 3000). The run
 //! prints "seeds S, faults F, acknowledged A, lost 0, duplicated 0".
 
+#![allow(clippy::cast_possible_truncation)] // test data sizes are small
+
 use bytes::BytesMut;
 use futures::executor::LocalPool;
 use futures::task::LocalSpawnExt;

@@ -44,7 +44,7 @@ fn main() {
                 glommio::spawn_local(async move {
                     let mut seed = first_seed + task;
                     loop {
-                        let body = 64 + (seed as usize * 7919) % 20_000;
+                        let body = 64 + usize::try_from(seed.wrapping_mul(7919) % 20_000).expect("small");
                         let batch = rill_engine::testing::kafka_batch_filled(
                             1 + (seed % 5) as i32,
                             body,

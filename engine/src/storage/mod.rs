@@ -22,6 +22,9 @@ use std::rc::Rc;
 
 /// Alignment of every direct-I/O write position and length.
 pub const IO_ALIGN: u64 = 4096;
+/// [`IO_ALIGN`] as a buffer length.
+pub const IO_ALIGN_BYTES: usize = 4096;
+const _: () = assert!(IO_ALIGN == IO_ALIGN_BYTES as u64);
 
 /// Rounds `v` down to a multiple of [`IO_ALIGN`].
 pub fn align_down(v: u64) -> u64 {

@@ -6,21 +6,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::{ArgGroup, ValueEnum};
+use clap::ArgGroup;
 
 use crate::compare::{self, CompareResult};
-use crate::kafka::Connection;
+use crate::client::{ClientKind, Connection};
 use crate::plot::{self, Series};
 use crate::report::RunResult;
 use crate::runner::{self, RunOptions};
 use crate::workload::{Acks, Compression, Length, Mode, Workload};
-
-/// Kafka client library used to generate load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ClientKind {
-    /// librdkafka through the `rdkafka` crate: the neutral client.
-    Librdkafka,
-}
 
 /// Load-test a Kafka-protocol broker (open or closed loop) and report latency percentiles.
 #[derive(Debug, Clone, clap::Args)]
@@ -30,7 +23,8 @@ pub struct BenchArgs {
     /// Broker bootstrap address(es), HOST:PORT[,HOST:PORT].
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub brokers: String,
-    /// Kafka client library.
+    /// Client: librdkafka for Kafka-protocol brokers; redis-streams and nats-jetstream measure
+    /// those peers with the same pacing and accounting.
     #[arg(long, value_enum, default_value = "librdkafka")]
     pub client: ClientKind,
     /// Open loop: records per second over all producers; latency counts from each record's
@@ -166,6 +160,7 @@ impl BenchArgs {
 
     fn connection(&self, brokers: &str) -> Connection {
         Connection {
+            client: self.client,
             brokers: brokers.to_string(),
             producer_config: self.producer_config.clone(),
             consumer_config: self.consumer_config.clone(),

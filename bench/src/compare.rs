@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::error::BenchError;
-use crate::kafka::Connection;
+use crate::client::Connection;
 use crate::report::{RunResult, RESULT_FORMAT};
 use crate::runner::{self, RunOptions};
 use crate::workload::Workload;
@@ -179,6 +179,7 @@ impl CompareResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::ClientKind;
     use crate::report::tests::sample_result;
 
     #[test]
@@ -208,7 +209,7 @@ mod tests {
     fn zero_pairs_are_refused() {
         let workload = crate::workload::tests::sample();
         let connection =
-            Connection { brokers: "127.0.0.1:1".into(), producer_config: vec![], consumer_config: vec![] };
+            Connection { client: ClientKind::Librdkafka, brokers: "127.0.0.1:1".into(), producer_config: vec![], consumer_config: vec![] };
         let options = RunOptions { label: "x".into(), topic: None, progress: false };
         let error = run_pairs(&workload, (&connection, &options), (&connection, &options), 0, |_| {});
         assert!(matches!(error, Err(BenchError::InvalidWorkload(_))));

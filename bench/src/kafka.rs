@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::{RngCore, SeedableRng};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -24,6 +23,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::client::{filler, partition_of, LoadClient, ProducerHandle, Reader};
 use crate::consumer::ConsumeStats;
 use crate::error::BenchError;
 use crate::payload::Header;
@@ -48,9 +48,9 @@ const QUEUE_RECORDS_MAX: u64 = 2_000_000;
 /// How long one consumer poll blocks; bounds how late a consumer notices it should stop.
 pub const CONSUMER_POLL: Duration = Duration::from_millis(100);
 
-/// Where and how to connect: the part of a run that is not the workload.
+/// librdkafka as a [`LoadClient`]: where and how to connect.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Connection {
+pub struct KafkaClient {
     /// `bootstrap.servers`.
     pub brokers: String,
     /// Extra librdkafka producer settings (`-X key=value`), applied last.
@@ -59,9 +59,25 @@ pub struct Connection {
     pub consumer_config: Vec<(String, String)>,
 }
 
-/// librdkafka's version string, for results.
-pub fn client_version() -> String {
-    format!("librdkafka {}", rdkafka::util::get_rdkafka_version().1)
+impl LoadClient for KafkaClient {
+    type Sink = KafkaSink;
+    type Reader = KafkaReader;
+
+    fn describe(&self) -> String {
+        format!("librdkafka {}", rdkafka::util::get_rdkafka_version().1)
+    }
+
+    fn prepare(&self, topic: &str, partitions: i32) -> Result<(), BenchError> {
+        ensure_topic(self, topic, partitions)
+    }
+
+    fn reader(&self, topic: &str, partitions: &[i32]) -> Result<KafkaReader, BenchError> {
+        KafkaReader::new(self, topic, partitions)
+    }
+
+    fn sink(&self, workload: &Workload, topic: &str, handle: ProducerHandle) -> Result<KafkaSink, BenchError> {
+        KafkaSink::new(self, workload, topic, handle)
+    }
 }
 
 /// Forwards librdkafka's log lines to `tracing` (the `log` crate it uses is not wired up here).
@@ -89,7 +105,7 @@ impl ConsumerContext for TracingLog {}
 
 /// Creates the benchmark topic (an existing one is fine) and waits until metadata shows all of
 /// its partitions.
-pub fn ensure_topic(connection: &Connection, topic: &str, partitions: i32) -> Result<(), BenchError> {
+pub fn ensure_topic(connection: &KafkaClient, topic: &str, partitions: i32) -> Result<(), BenchError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &connection.brokers)
         .create()
@@ -114,7 +130,7 @@ pub fn ensure_topic(connection: &Connection, topic: &str, partitions: i32) -> Re
     wait_for_topic(connection, topic, partitions)
 }
 
-fn wait_for_topic(connection: &Connection, topic: &str, partitions: i32) -> Result<(), BenchError> {
+fn wait_for_topic(connection: &KafkaClient, topic: &str, partitions: i32) -> Result<(), BenchError> {
     let consumer: BaseConsumer<TracingLog> = ClientConfig::new()
         .set("bootstrap.servers", &connection.brokers)
         .set("allow.auto.create.topics", "true")
@@ -188,7 +204,7 @@ impl ProducerContext for DeliveryContext {
 pub struct KafkaSink {
     producer: ThreadedProducer<DeliveryContext>,
     topic: String,
-    partitions: u64,
+    partitions: i32,
     producer_index: u32,
     run_id: u64,
     value: Vec<u8>,
@@ -197,15 +213,12 @@ pub struct KafkaSink {
 impl KafkaSink {
     /// Creates producer `producer_index` of a run.
     pub fn new(
-        connection: &Connection,
+        connection: &KafkaClient,
         workload: &Workload,
         topic: &str,
-        run: (u64, u32),
-        clock: MonotonicClock,
-        stats: Arc<AckStats>,
-        in_flight: Arc<InFlight>,
+        handle: ProducerHandle,
     ) -> Result<Self, BenchError> {
-        let (run_id, producer_index) = run;
+        let ProducerHandle { run_id, producer_index, clock, stats, in_flight } = handle;
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &connection.brokers)
@@ -224,31 +237,19 @@ impl KafkaSink {
         let producer = config
             .create_with_context(context)
             .map_err(|e| BenchError::kafka("creating producer", e))?;
-        // Random filler: incompressible, so compression settings measure cost, not savings.
-        let mut value = vec![0u8; workload.record_bytes];
-        let seed = run_id ^ (u64::from(producer_index) << 32);
-        rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut value);
-        Ok(KafkaSink {
-            producer,
-            topic: topic.into(),
-            partitions: u64::try_from(workload.partitions).expect("validated positive"),
-            producer_index,
-            run_id,
-            value,
-        })
-    }
-
-    /// Waits until every record handed over has been acknowledged or has failed.
-    pub fn flush(&self, timeout: Duration) -> Result<(), BenchError> {
-        self.producer.flush(timeout).map_err(|e| BenchError::kafka("flushing producer", e))
+        let value = filler(workload.record_bytes, run_id ^ (u64::from(producer_index) << 32));
+        Ok(KafkaSink { producer, topic: topic.into(), partitions: workload.partitions, producer_index, run_id, value })
     }
 }
 
 impl RecordSink for KafkaSink {
+    fn flush(&mut self, timeout: Duration) -> Result<(), BenchError> {
+        self.producer.flush(timeout).map_err(|e| BenchError::kafka("flushing producer", e))
+    }
+
     fn send(&mut self, index: u64, intended_ns: u64) -> Result<(), BenchError> {
         Header { run_id: self.run_id, intended_ns, producer: self.producer_index }.write(&mut self.value);
-        let partition = (index + u64::from(self.producer_index)) % self.partitions;
-        let partition = i32::try_from(partition).expect("partition count fits in i32");
+        let partition = partition_of(index, self.producer_index, self.partitions);
         let opaque = usize::try_from(intended_ns).expect("64-bit target");
         let mut record =
             BaseRecord::<(), [u8], usize>::with_opaque_to(&self.topic, opaque).partition(partition).payload(&self.value);
@@ -280,7 +281,7 @@ pub struct KafkaReader {
 impl KafkaReader {
     /// Creates a consumer for `partitions` of `topic`, positioned at their current high
     /// watermarks (so it reads only records written after this call).
-    pub fn new(connection: &Connection, topic: &str, partitions: &[i32]) -> Result<Self, BenchError> {
+    pub fn new(connection: &KafkaClient, topic: &str, partitions: &[i32]) -> Result<Self, BenchError> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &connection.brokers)
@@ -306,8 +307,10 @@ impl KafkaReader {
         Ok(KafkaReader { consumer })
     }
 
-    /// Reads until `stop` is set, timestamping every record on the run's clock.
-    pub fn run(&self, clock: &MonotonicClock, stats: &ConsumeStats, stop: &AtomicBool) {
+}
+
+impl Reader for KafkaReader {
+    fn run(&self, clock: &MonotonicClock, stats: &ConsumeStats, stop: &AtomicBool) {
         let mut error_logged = false;
         while !stop.load(Ordering::Relaxed) {
             match self.consumer.poll(CONSUMER_POLL) {

@@ -24,14 +24,18 @@
 //! Kafka-protocol broker.
 
 pub mod cli;
+pub mod client;
 pub mod compare;
 pub mod consumer;
 pub mod error;
 pub mod kafka;
 pub mod latency;
+pub mod nats;
 pub mod payload;
 pub mod plot;
 pub mod producer;
+pub mod redis;
+pub mod resp;
 pub mod report;
 pub mod runner;
 pub mod schedule;

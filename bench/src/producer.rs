@@ -70,6 +70,13 @@ pub trait RecordSink {
     /// returned with the acknowledgement). May block while the client's queue is full: in an open
     /// loop that time is charged to the record, as it would be to a real application.
     fn send(&mut self, index: u64, intended_ns: u64) -> Result<(), BenchError>;
+
+    /// Waits until every record handed over has been acknowledged or has failed, at most
+    /// `timeout`.
+    fn flush(&mut self, timeout: Duration) -> Result<(), BenchError> {
+        let _ = timeout;
+        Ok(())
+    }
 }
 
 /// Outstanding records of one closed-loop producer: incremented on send, decremented on ack.

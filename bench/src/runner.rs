@@ -17,9 +17,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::consumer::{ConsumeCounts, ConsumeStats};
 use crate::error::BenchError;
-use crate::kafka::{self, Connection, KafkaReader, KafkaSink};
+use crate::client::{ClientKind, Connection, LoadClient, ProducerHandle, Reader};
+use crate::kafka::KafkaClient;
 use crate::latency::LatencyHistogram;
-use crate::producer::{self, AckCounts, AckStats, Clock, DriveOutcome, InFlight, MonotonicClock, Pace, Window};
+use crate::producer::{self, AckCounts, AckStats, Clock, DriveOutcome, InFlight, MonotonicClock, Pace, RecordSink, Window};
 use crate::report::{rates, EndToEndResult, ProduceResult, RunResult, RESULT_FORMAT};
 use crate::schedule::OpenLoopSchedule;
 use crate::workload::{Length, Mode, Workload, DURATION_MS_MAX};
@@ -75,13 +76,34 @@ pub fn partitions_of(workload: &Workload, consumer: usize) -> Vec<i32> {
 /// Runs `workload` against the broker behind `connection`.
 pub fn run(workload: &Workload, connection: &Connection, options: &RunOptions) -> Result<RunResult, BenchError> {
     workload.validate()?;
+    let brokers = connection.brokers.as_str();
+    match connection.client {
+        ClientKind::Librdkafka => {
+            let client = KafkaClient {
+                brokers: brokers.into(),
+                producer_config: connection.producer_config.clone(),
+                consumer_config: connection.consumer_config.clone(),
+            };
+            run_with(&client, brokers, workload, options)
+        }
+        ClientKind::RedisStreams => run_with(&crate::redis::RedisClient::new(brokers), brokers, workload, options),
+        ClientKind::NatsJetstream => run_with(&crate::nats::NatsClient::new(brokers), brokers, workload, options),
+    }
+}
+
+fn run_with<C: LoadClient>(
+    client: &C,
+    brokers: &str,
+    workload: &Workload,
+    options: &RunOptions,
+) -> Result<RunResult, BenchError> {
     let run_id: u64 = rand::random();
     let topic = options.topic.clone().unwrap_or_else(|| format!("rill-bench-{run_id:016x}"));
-    kafka::ensure_topic(connection, &topic, workload.partitions)?;
+    client.prepare(&topic, workload.partitions)?;
     let started_unix_ms =
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or_default();
     let readers = (0..workload.consumers)
-        .map(|c| KafkaReader::new(connection, &topic, &partitions_of(workload, c)))
+        .map(|c| client.reader(&topic, &partitions_of(workload, c)))
         .collect::<Result<Vec<_>, _>>()?;
 
     let clock = MonotonicClock::start();
@@ -93,15 +115,9 @@ pub fn run(workload: &Workload, connection: &Connection, options: &RunOptions) -
         let stats = Arc::new(AckStats::new(window, workload.record_bytes as u64));
         let in_flight = Arc::new(InFlight::default());
         let producer_index = u32::try_from(index).expect("validated at most CLIENTS_MAX");
-        let sink = KafkaSink::new(
-            connection,
-            workload,
-            &topic,
-            (run_id, producer_index),
-            clock,
-            stats.clone(),
-            in_flight.clone(),
-        )?;
+        let handle =
+            ProducerHandle { run_id, producer_index, clock, stats: stats.clone(), in_flight: in_flight.clone() };
+        let sink = client.sink(workload, &topic, handle)?;
         producers.push((sink, window, stats, in_flight));
     }
     let consume_stats: Vec<ConsumeStats> =
@@ -162,8 +178,8 @@ pub fn run(workload: &Workload, connection: &Connection, options: &RunOptions) -
     Ok(RunResult {
         format: RESULT_FORMAT,
         label: options.label.clone(),
-        brokers: connection.brokers.clone(),
-        client: kafka::client_version(),
+        brokers: brokers.into(),
+        client: client.describe(),
         topic,
         started_unix_ms,
         host_cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),

@@ -233,7 +233,8 @@ pub(crate) mod tests {
     #[test]
     fn validate_accepts_sample_and_names_each_violation() {
         sample().validate().unwrap();
-        let cases: Vec<(fn(&mut Workload), &str)> = vec![
+        type Case = (fn(&mut Workload), &'static str);
+        let cases: Vec<Case> = vec![
             (|w| w.record_bytes = HEADER_BYTES - 1, "record size"),
             (|w| w.producers = 0, "producers"),
             (|w| w.consumers = 3, "consumers but only"),

@@ -5,7 +5,8 @@
 //! `<inbox>.<intended_ns>`; JetStream answers there with its publish acknowledgement once the
 //! record is stored, so the intended time comes back with the ack and no lookup table is needed.
 //! A consumer creates one ephemeral push consumer per partition (deliver policy `new`, no acks)
-//! and timestamps each delivered message.
+//! and timestamps each delivered message. The sink's and reader's subscription ids are fixed
+//! (1 for acks, 100 + partition for deliveries, 99 for API requests).
 //!
 //! Frames are parsed from a growing buffer ([`Inbound`]), so a read timeout never leaves the
 //! parser in the middle of a message: the reader can check its stop flag between reads.
@@ -252,8 +253,10 @@ impl LoadClient for NatsClient {
     fn reader(&self, topic: &str, partitions: &[i32]) -> Result<NatsReader, BenchError> {
         let mut connection = Connection::open(&self.address)?;
         let inbox = format!("_INBOX.{:016x}", rand::random::<u64>());
-        connection.write(format!("SUB {inbox}.> 1\r\n").as_bytes())?;
         for &partition in partitions {
+            // An exact subscription per deliver subject: JetStream binds a push consumer to
+            // interest on its deliver subject, and did not deliver to a wildcard one in testing.
+            connection.write(format!("SUB {inbox}.{partition} {}\r\n", 100 + partition).as_bytes())?;
             let config = serde_json::json!({
                 "stream_name": topic,
                 "config": {
@@ -267,7 +270,7 @@ impl LoadClient for NatsClient {
                 return Err(BenchError::CreateTopic { topic: topic.into(), reason: format!("consumer: {reason}") });
             }
         }
-        Ok(NatsReader { connection: Mutex::new(connection), inbox })
+        Ok(NatsReader { connection: Mutex::new(connection) })
     }
 
     fn sink(&self, workload: &Workload, topic: &str, handle: ProducerHandle) -> Result<NatsSink, BenchError> {
@@ -375,7 +378,6 @@ impl Drop for NatsSink {
 /// One consumer connection with a push consumer per assigned partition.
 pub struct NatsReader {
     connection: Mutex<Connection>,
-    inbox: String,
 }
 
 impl Reader for NatsReader {
@@ -389,10 +391,11 @@ impl Reader for NatsReader {
                 &mut connection.inbound,
                 &connection.writer,
                 |frame| {
-                    if let Frame::Msg { subject, payload } = frame {
-                        if subject.starts_with(&self.inbox) {
-                            stats.on_record(payload, clock.now_ns());
-                        }
+                    // Deliveries carry the record's original subject, not the deliver subject;
+                    // after set-up the deliver subscriptions are the only ones left, and
+                    // ConsumeStats skips anything that is not this run's.
+                    if let Frame::Msg { payload, .. } = frame {
+                        stats.on_record(payload, clock.now_ns());
                     }
                 },
             );

@@ -2,8 +2,9 @@
 //!
 //! `rill serve` resolves its settings (see `config.rs`), installs SIGTERM/SIGINT handlers that set
 //! a shutdown flag, and hands over to `rill_net::server::run`, which runs one pinned executor per
-//! core until the flag is set.
+//! core until the flag is set. The client subcommands live in `commands.rs`.
 
+mod commands;
 mod config;
 
 use std::path::PathBuf;
@@ -29,6 +30,34 @@ struct Cli {
 enum Command {
     /// Run a broker.
     Serve(ServeArgs),
+    /// Create, list, describe, alter and delete topics.
+    Topic {
+        #[command(flatten)]
+        connection: commands::Connection,
+        #[command(subcommand)]
+        command: commands::TopicCommand,
+    },
+    /// Produce lines from stdin or a file.
+    Produce {
+        #[command(flatten)]
+        connection: commands::Connection,
+        #[command(flatten)]
+        args: commands::ProduceArgs,
+    },
+    /// Consume records and print them.
+    Consume {
+        #[command(flatten)]
+        connection: commands::Connection,
+        #[command(flatten)]
+        args: commands::ConsumeArgs,
+    },
+    /// List and describe consumer groups, reset their offsets.
+    Group {
+        #[command(flatten)]
+        connection: commands::Connection,
+        #[command(subcommand)]
+        command: commands::GroupCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -105,5 +134,9 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
+        Command::Topic { connection, command } => commands::topic(&connection, command),
+        Command::Produce { connection, args } => commands::produce(&connection, args),
+        Command::Consume { connection, args } => commands::consume(&connection, args),
+        Command::Group { connection, command } => commands::group(&connection, command),
     }
 }

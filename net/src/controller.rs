@@ -330,7 +330,8 @@ impl<S: PartitionStore + 'static> Shard<S> {
                     .with_resource_type(resource.resource_type)
                     .with_resource_name(resource.resource_name.clone());
                 let wanted = |key: &str| {
-                    resource.configuration_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k.as_str() == key))
+                    // Null (and, leniently, an empty list) asks for every key.
+                    resource.configuration_keys.as_ref().is_none_or(|keys| keys.is_empty() || keys.iter().any(|k| k.as_str() == key))
                 };
                 let (config, overrides) = match resource.resource_type {
                     RESOURCE_TYPE_TOPIC => match table.topics.get(&name) {

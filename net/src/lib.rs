@@ -19,6 +19,7 @@
 pub mod backend;
 pub mod batch;
 pub mod broker;
+pub mod client;
 pub mod codec;
 pub mod controller;
 pub mod disk;

@@ -28,12 +28,18 @@ use crate::errors::KafkaCode;
 use crate::shard::{CoreReply, CoreRequest, ProduceItem, ReadFailure, ReadItem, Shard};
 use crate::table::PartitionTable;
 
+/// Largest Fetch response we build, in bytes, whatever the client asks (Kafka's broker caps it
+/// with `fetch.max.bytes`, default 55 MiB). Also caps each partition's share.
+pub const FETCH_RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 fn text(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_string())
 }
 
 /// Where a partition's answer goes in the response: (topic index, partition index).
 type Slot = (usize, usize);
+/// A ListOffsets lookup: the partition and the timestamp (-1 latest, -2 earliest).
+type OffsetLookup = (TopicPartition, i64);
 
 impl<S: PartitionStore + 'static> Shard<S> {
     /// Serve one decoded request. `Ok(None)` means no response is sent (Produce with acks=0).
@@ -65,7 +71,7 @@ impl<S: PartitionStore + 'static> Shard<S> {
             RequestKind::FindCoordinator(request) => Some(ResponseKind::FindCoordinator(self.find_coordinator(request, version))),
             RequestKind::DescribeCluster(_) => Some(ResponseKind::DescribeCluster(self.describe_cluster())),
             forwarded => {
-                let request = CoreRequest::Controller { request: forwarded, version, client_id: client.clone(), client_host: format!("/{peer}") };
+                let request = CoreRequest::Controller { request: Box::new(forwarded), version, client_id: client.clone(), client_host: format!("/{peer}") };
                 match self.call(0, request).await {
                     CoreReply::Kafka(response) => Some(response),
                     other => {
@@ -162,7 +168,7 @@ impl<S: PartitionStore + 'static> Shard<S> {
         let table = self.table();
         let mut responses: Vec<TopicProduceResponse> = Vec::with_capacity(request.topic_data.len());
         let mut by_core: BTreeMap<usize, (Vec<ProduceItem>, Vec<Slot>)> = BTreeMap::new();
-        let acks_valid = matches!(request.acks, 0 | 1 | -1);
+        let acks_valid = matches!(request.acks, -1..=1);
         for (topic_index, topic) in request.topic_data.into_iter().enumerate() {
             let name = topic.name.0.to_string();
             let max_message_bytes = table.topics.get(&name).map(|meta| meta.config.max_message_bytes);
@@ -253,7 +259,10 @@ impl<S: PartitionStore + 'static> Shard<S> {
         let wait_ms = u64::try_from(request.max_wait_ms).unwrap_or(0).min(self.config.fetch_wait_ms_max);
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
-        let max_bytes = usize::try_from(request.max_bytes).ok().filter(|bytes| *bytes > 0).unwrap_or(usize::MAX);
+        let max_bytes = usize::try_from(request.max_bytes)
+            .ok()
+            .filter(|bytes| *bytes > 0)
+            .map_or(FETCH_RESPONSE_BYTES_MAX, |bytes| bytes.min(FETCH_RESPONSE_BYTES_MAX));
         let mut wanted: Vec<ReadItem> = Vec::new();
         let mut shape: Vec<(TopicName, Vec<i32>)> = Vec::new();
         for topic in &request.topics {
@@ -262,7 +271,7 @@ impl<S: PartitionStore + 'static> Shard<S> {
                 wanted.push(ReadItem {
                     partition: TopicPartition::new(topic.topic.0.to_string(), partition.partition),
                     offset: partition.fetch_offset,
-                    max_bytes: usize::try_from(partition.partition_max_bytes).unwrap_or(0),
+                    max_bytes: usize::try_from(partition.partition_max_bytes).unwrap_or(0).min(max_bytes),
                 });
             }
         }
@@ -361,7 +370,7 @@ impl<S: PartitionStore + 'static> Shard<S> {
     async fn list_offsets(&self, request: ListOffsetsRequest) -> ListOffsetsResponse {
         let table = self.table();
         let mut responses: Vec<ListOffsetsTopicResponse> = Vec::new();
-        let mut by_core: BTreeMap<usize, (Vec<(TopicPartition, i64)>, Vec<Slot>)> = BTreeMap::new();
+        let mut by_core: BTreeMap<usize, (Vec<OffsetLookup>, Vec<Slot>)> = BTreeMap::new();
         for (topic_index, topic) in request.topics.iter().enumerate() {
             let mut partitions = Vec::new();
             for (partition_index, partition) in topic.partitions.iter().enumerate() {

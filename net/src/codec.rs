@@ -96,12 +96,13 @@ pub enum CodecError {
 /// A Produce v0-2 partition, kept only to answer it with UNSUPPORTED_VERSION.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LegacyProducePartitions {
-    /// Topic name and its partition indexes, in request order.
-    pub topics: Vec<(String, Vec<i32>)>,
+    /// Topic name (raw bytes, echoed back unchanged) and its partition indexes, in request order.
+    pub topics: Vec<(Bytes, Vec<i32>)>,
 }
 
 /// A request ready for dispatch.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // Transient, one per request; boxing would add an allocation.
 pub enum DecodedRequest {
     /// A request we serve.
     Request {
@@ -161,7 +162,7 @@ pub fn decode_request(frame: Bytes) -> Result<DecodedRequest, CodecError> {
     Ok(DecodedRequest::Request { header, api_key, body })
 }
 
-fn get_string(buffer: &mut Bytes) -> Option<String> {
+fn get_string(buffer: &mut Bytes) -> Option<Bytes> {
     if buffer.remaining() < 2 {
         return None;
     }
@@ -169,8 +170,7 @@ fn get_string(buffer: &mut Bytes) -> Option<String> {
     if buffer.remaining() < length {
         return None;
     }
-    let text = buffer.split_to(length);
-    Some(String::from_utf8_lossy(&text).into_owned())
+    Some(buffer.split_to(length))
 }
 
 fn get_count(buffer: &mut Bytes) -> Option<usize> {
@@ -259,7 +259,7 @@ pub fn encode_legacy_produce_response(
     body.put_i32(i32::try_from(partitions.topics.len()).expect("bounded by frame size"));
     for (name, indexes) in &partitions.topics {
         body.put_i16(i16::try_from(name.len()).expect("decoded from an i16 length"));
-        body.put_slice(name.as_bytes());
+        body.put_slice(name);
         body.put_i32(i32::try_from(indexes.len()).expect("bounded by frame size"));
         for index in indexes {
             body.put_i32(*index);
@@ -344,7 +344,7 @@ mod tests {
             panic!("expected legacy produce");
         };
         assert_eq!(acks, 1);
-        assert_eq!(partitions.topics, vec![("t".to_string(), vec![3])]);
+        assert_eq!(partitions.topics, vec![(Bytes::from_static(b"t"), vec![3])]);
         let response = encode_legacy_produce_response(9, 2, &partitions);
         // prefix 4 + correlation 4 + count 4 + name 3 + count 4 + (4 + 2 + 8 + 8) + throttle 4
         assert_eq!(response.len(), 4 + 4 + 4 + 3 + 4 + 22 + 4);

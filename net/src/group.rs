@@ -695,7 +695,7 @@ mod tests {
         assert_eq!(replies.len(), 2);
         assert_eq!(coordinator.describe("g").unwrap().state, GroupState::Stable);
         // a leaves: b must rejoin, then the group is stable with one member at generation 3.
-        let (codes, replies) = coordinator.leave(t0, "g", &[a.member_id.clone()]);
+        let (codes, replies) = coordinator.leave(t0, "g", std::slice::from_ref(&a.member_id));
         assert_eq!(codes, vec![KafkaCode::None]);
         assert!(replies.is_empty());
         assert_eq!(coordinator.heartbeat(t0, "g", 2, &b.member_id), KafkaCode::RebalanceInProgress);

@@ -141,8 +141,9 @@ pub enum CoreRequest {
     InstallTable(Arc<PartitionTable>),
     /// A Kafka request only the controller (core 0) serves.
     Controller {
-        /// The request.
-        request: RequestKind,
+        /// The request (boxed: it is much larger than the other variants, and every mesh slot is
+        /// as large as the largest variant).
+        request: Box<RequestKind>,
         /// Its version.
         version: i16,
         /// Client id, for group members.
@@ -158,6 +159,7 @@ pub enum CoreRequest {
 
 /// Answer to a [`CoreRequest`], in the same partition order.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // Kafka responses are the common case on the controller path.
 pub enum CoreReply {
     /// Per partition append outcome.
     Produce(Vec<Result<AppendOutcome, KafkaCode>>),
@@ -357,7 +359,7 @@ impl<S: PartitionStore + 'static> Shard<S> {
                 CoreReply::Done
             }
             CoreRequest::Controller { request, version, client_id, client_host } => {
-                CoreReply::Kafka(self.controller_handle(request, version, client_id, client_host).await)
+                CoreReply::Kafka(self.controller_handle(*request, version, client_id, client_host).await)
             }
             CoreRequest::AutoCreateTopics(names) => {
                 self.controller_auto_create(names).await;

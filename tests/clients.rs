@@ -49,8 +49,17 @@ fn kafka_python_produces_and_consumes_in_a_group() {
 }
 
 fn kcat(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    kcat_on(None, args, stdin)
+}
+
+/// Run kcat, optionally against another librdkafka (a folder holding `librdkafka.so.1`).
+fn kcat_on(library: Option<&std::path::Path>, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     use std::io::Write;
-    let mut child = Command::new("kcat")
+    let mut command = Command::new("kcat");
+    if let Some(library) = library {
+        command.env("LD_LIBRARY_PATH", library);
+    }
+    let mut child = command
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -117,4 +126,46 @@ fn sigterm_stops_the_broker_cleanly() {
     let mut broker = Broker::start(CORES, &[]);
     assert!(broker.stop(), "broker did not exit 0 after SIGTERM:\n{}", broker.log());
     assert!(broker.log().contains("rill stopped"), "{}", broker.log());
+}
+
+/// The librdkafka 2.16 that confluent-kafka bundles, exposed as `librdkafka.so.1` in a temp folder.
+fn bundled_librdkafka() -> std::path::PathBuf {
+    let python = support::python();
+    let output = Command::new(&python)
+        .args(["-c", "import confluent_kafka, os; print(os.path.dirname(confluent_kafka.__file__) + '.libs')"])
+        .output()
+        .expect("python");
+    let libs = std::path::PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    let library = std::fs::read_dir(&libs)
+        .expect("confluent_kafka.libs")
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("librdkafka")))
+        .expect("bundled librdkafka");
+    let folder = std::env::temp_dir().join(format!("rill-librdkafka-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).unwrap();
+    let link = folder.join("librdkafka.so.1");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(library, &link).unwrap();
+    folder
+}
+
+#[test]
+fn kcat_on_librdkafka_2_16_lists_produces_and_consumes() {
+    let broker = Broker::start(CORES, &["--auto-create-topics"]);
+    let bootstrap = broker.bootstrap();
+    let library = bundled_librdkafka();
+    let (ok, version, _) = kcat_on(Some(&library), &["-V"], None);
+    assert!(ok);
+    assert!(version.contains("librdkafka 2.16"), "{version}");
+    let (ok, stdout, stderr) = kcat_on(Some(&library), &["-b", &bootstrap, "-L", "-m", "30"], None);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("1 brokers:"), "{stdout}");
+    let (ok, _, stderr) = kcat_on(Some(&library), &["-b", &bootstrap, "-P", "-t", "new", "-K:", "-z", "zstd", "-m", "30"], Some("k:v\n"));
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) =
+        kcat_on(Some(&library), &["-b", &bootstrap, "-C", "-t", "new", "-o", "beginning", "-e", "-f", "%k=%s\n", "-m", "30"], None);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "k=v\n");
+    let _ = std::fs::remove_dir_all(library);
 }

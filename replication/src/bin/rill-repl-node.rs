@@ -179,6 +179,14 @@ const THROUGHPUT_BYTES_TOTAL: usize = 2 << 30;
 const RTT_SAMPLES: u32 = 20_000;
 const RTT_WARMUP: u32 = 2_000;
 
+/// RTT message sizes; `RILL_BENCH_PHASES=throughput` skips the RTT phase (for profiling).
+fn rtt_sizes() -> Vec<usize> {
+    match std::env::var("RILL_BENCH_PHASES").as_deref() {
+        Ok("throughput") => Vec::new(),
+        _ => vec![64, 16 * 1024],
+    }
+}
+
 fn quic_config(local: CoreAddr, bind: SocketAddr) -> QuicConfig {
     let mut config = QuicConfig::new(local, bind);
     // Loopback takes large datagrams; without GSO they are what makes QUIC cheap per byte. 16 KiB
@@ -271,7 +279,7 @@ async fn bench_quic(peer: SocketAddr, certs: PathBuf, bind: SocketAddr) -> Resul
     let me = transport.local_socket_addr().to_string();
     transport.set_peer_address(NodeId(ECHO_NODE), peer);
     let echo_core = CoreAddr::new(ECHO_NODE, 0);
-    for size in [64usize, 16 * 1024] {
+    for size in rtt_sizes() {
         let body = Bytes::from(vec![0xab; size - me.len().min(size)]);
         let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
         for i in 0..RTT_WARMUP + RTT_SAMPLES {
@@ -310,7 +318,7 @@ async fn bench_quic(peer: SocketAddr, certs: PathBuf, bind: SocketAddr) -> Resul
 async fn bench_tcp(peer: SocketAddr) -> Result<()> {
     let mut stream = glommio::net::TcpStream::connect(peer).await.map_err(glommio_error)?;
     stream.set_nodelay(true).map_err(glommio_error)?;
-    for size in [64usize, 16 * 1024] {
+    for size in rtt_sizes() {
         let mut message = vec![0xab; size + 8];
         message[..4].copy_from_slice(&u32::try_from(size)?.to_le_bytes());
         message[4] = 1;

@@ -17,7 +17,7 @@ use crate::workload::{Acks, Compression, Length, Mode, Workload};
 
 /// Load-test a Kafka-protocol broker (open or closed loop) and report latency percentiles.
 #[derive(Debug, Clone, clap::Args)]
-#[command(group(ArgGroup::new("pace").required(true).args(["rate", "max"])))]
+#[command(group(ArgGroup::new("pace").args(["rate", "max"])))]
 #[command(group(ArgGroup::new("length").args(["duration", "records"])))]
 pub struct BenchArgs {
     /// Broker bootstrap address(es), HOST:PORT[,HOST:PORT].
@@ -106,6 +106,22 @@ pub struct BenchArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Instead of running: draw one plot of the latency of these JSON results (written by earlier
+    /// runs) into `<out>/<name>.png`; `--plot-latency` picks produce or end-to-end latency.
+    #[arg(long, value_name = "RESULT.json", num_args = 1.., conflicts_with = "pace")]
+    pub plot_from: Vec<PathBuf>,
+    /// Which latency `--plot-from` draws.
+    #[arg(long, value_enum, default_value = "end-to-end")]
+    pub plot_latency: PlotLatency,
+}
+
+/// Which latency a combined plot shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlotLatency {
+    /// Produce-acknowledge latency.
+    Produce,
+    /// End-to-end latency (falls back to produce latency for runs without consumers).
+    EndToEnd,
 }
 
 /// Parses `30s`, `500ms`, `2m`, `1h` or bare seconds into milliseconds.
@@ -179,6 +195,12 @@ fn slug(text: &str) -> String {
 
 /// Runs `rill bench` with parsed arguments.
 pub fn run(args: BenchArgs) -> Result<()> {
+    if !args.plot_from.is_empty() {
+        return plot_results(&args);
+    }
+    if args.rate.is_none() && !args.max {
+        bail!("choose the pace: --rate N (open loop) or --max (closed loop)");
+    }
     let workload = args.workload();
     workload.validate()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
@@ -225,6 +247,34 @@ fn write_run(out: &Path, name: &str, result: &RunResult) -> Result<()> {
         Ok(()) => println!("wrote {}", png.display()),
         Err(error) => tracing::warn!(%error, "no plot"),
     }
+    Ok(())
+}
+
+fn plot_results(args: &BenchArgs) -> Result<()> {
+    let results = args
+        .plot_from
+        .iter()
+        .map(|path| RunResult::read_json(path).with_context(|| format!("reading {}", path.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let series: Vec<Series<'_>> = results
+        .iter()
+        .map(|r| {
+            let (summary, spectrum) = match (&r.end_to_end, args.plot_latency) {
+                (Some(e2e), PlotLatency::EndToEnd) => (&e2e.latency, &e2e.spectrum),
+                _ => (&r.produce.latency, &r.produce.spectrum),
+            };
+            Series { name: &r.label, summary, spectrum }
+        })
+        .collect();
+    let what = match args.plot_latency {
+        PlotLatency::Produce => "produce-ack latency",
+        PlotLatency::EndToEnd => "end-to-end latency",
+    };
+    let title = format!("{what}: {}", results[0].workload.describe());
+    let png = args.out.join(format!("{}.png", args.name.as_deref().unwrap_or("latency")));
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    plot::write_percentile_plot(&png, &title, &series)?;
+    println!("wrote {}", png.display());
     Ok(())
 }
 
@@ -296,8 +346,11 @@ mod tests {
         assert_eq!(closed.mode, Mode::ClosedLoop { in_flight_max: 10_000 });
         assert_eq!(closed.length, Length::Records { count: 1000 });
 
-        assert!(Harness::try_parse_from(["x"]).is_err(), "--rate or --max is required");
+        let neither = Harness::try_parse_from(["x"]).unwrap().bench;
+        let error = run(neither).unwrap_err().to_string();
+        assert!(error.contains("--rate N (open loop) or --max"), "{error}");
         assert!(Harness::try_parse_from(["x", "--rate", "1", "--max"]).is_err());
+        assert!(Harness::try_parse_from(["x", "--rate", "1", "--plot-from", "a.json"]).is_err());
         assert!(Harness::try_parse_from(["x", "--max", "--records", "1", "--duration", "1s"]).is_err());
     }
 }

@@ -110,6 +110,8 @@ pub fn write_percentile_plot(path: &Path, title: &str, series: &[Series<'_>]) ->
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(15)
+        // Room for the last percentile label, which is centred on the right edge.
+        .margin_right(50)
         .x_label_area_size(45)
         .y_label_area_size(70)
         .build_cartesian_2d((1.0..x_max).log_scale().with_key_points(key_points), (y_min..y_max).log_scale())

@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Rill beside its peers: same sitting, same machine, same workloads, same harness and pacing.
+#
+#   Kafka-protocol brokers (Rill, tansu) are driven by librdkafka (`rill bench --client librdkafka`);
+#   Redis Streams and NATS JetStream by rill-bench's own small protocol clients (pipelined XADD /
+#   XREAD BLOCK; JetStream publish-with-ack and push consumers), with the same open-loop schedule,
+#   warm-up, histograms and JSON results.
+#
+#   Workloads (1 producer, 1 consumer, 1 partition/stream, 100-byte records, acks=all):
+#     max   closed loop, 10,000 records in flight, librdkafka linger.ms=5: throughput
+#     rate  open loop at 50,000 records/s, linger.ms=0: produce-ack and end-to-end latency
+#           (coordinated omission corrected)
+#
+#   Systems and their durability (written beside every figure):
+#     rill            rill serve --cores 1 (durability: whatever this build's store does; detected
+#                     from its log and printed)
+#     tansu-sqlite    tansu 0.6.0, sqlite:// engine (WAL, synchronous=NORMAL: no fsync per commit)
+#     tansu-memory    tansu 0.6.0, memory:// engine (no durability)
+#     nats-file       nats-server (Debian) JetStream, file storage, defaults (no fsync per message)
+#     redis-always    redis-server (Debian) Streams, appendonly yes, appendfsync always
+#     redis-everysec  redis-server (Debian) Streams, appendonly yes, appendfsync everysec
+#
+# Output: target/bench/peers/<stamp>/ (JSON, PNG, limits.json, table.md); the table and plots are
+# also written into docs/BENCHMARKS.md under "## Rill and its peers" (that section only).
+#
+# Environment:
+#   PEERS_DURATION=10s   measured time per run        PEERS_WARMUP=2s   warm-up per run
+#   PEERS_RATE=50000     open-loop rate               PEERS_PAIRS=3     Rill/tansu A-B pairs (0: none)
+#   PEERS_ONLY="rill redis-always"  subset of systems PEERS_NO_DOCS=1   do not touch docs/BENCHMARKS.md
+#   PEERS_QUICK=1        2 s runs, quick limits (a smoke test of the script, not figures to publish)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+
+duration=${PEERS_DURATION:-10s}
+warmup=${PEERS_WARMUP:-2s}
+rate=${PEERS_RATE:-50000}
+pairs=${PEERS_PAIRS:-3}
+if [ "${PEERS_QUICK:-0}" = 1 ]; then duration=2s; warmup=1s; pairs=${PEERS_PAIRS:-1}; export LIMITS_QUICK=1; fi
+systems=${PEERS_ONLY:-"rill tansu-sqlite tansu-memory nats-file redis-always redis-everysec"}
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+out=$root/target/bench/peers/$stamp
+mkdir -p "$out"
+log() { printf '\n=== %s ===\n' "$*" >&2; }
+
+# Every server we start is recorded here and stopped by its PID on exit.
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+
+# --- tools ----------------------------------------------------------------------------------
+need=()
+for p in nats-server redis-server cmake libcurl4-openssl-dev libsasl2-dev libssl-dev jq fonts-dejavu-core; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if ((${#need[@]})); then
+  log "installing ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+tansu=$root/target/peers/bin/tansu
+if [[ " $systems " == *" tansu-"* ]] && [ ! -x "$tansu" ]; then
+  log "installing tansu 0.6.0 into target/peers (about 8 minutes of CPU)"
+  timeout 45m cargo install tansu --version 0.6.0 --locked --features dynostore,libsql \
+    --root "$root/target/peers" --target-dir "$root/target/peers/build" >"$out/tansu-install.log" 2>&1
+fi
+log "building rill and rill-bench (release)"
+timeout 40m cargo build --release -p rill -p rill-bench --bin rill --bin rill-bench >"$out/build.log" 2>&1
+rill=$root/target/release/rill
+bench=$root/target/release/rill-bench
+
+# --- machine --------------------------------------------------------------------------------
+log "machine limits (scripts/bench/limits.sh)"
+timeout 10m scripts/bench/limits.sh "$out/limits.json" >/dev/null
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { # wait_port PORT PID: until something listens, at most 60 s
+  for _ in $(seq 1 600); do
+    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+# start_system NAME DIR -> sets: port, pid, client, durability
+start_system() {
+  local name=$1 dir=$2
+  port=$(free_port)
+  mkdir -p "$dir"
+  case $name in
+    rill)
+      "$rill" serve --cores 1 --auto-create-topics --kafka-listen "127.0.0.1:$port" \
+        --admin-listen "127.0.0.1:$(free_port)" --data-dir "$dir/data" >"$dir/server.log" 2>&1 &
+      pid=$!; client=librdkafka ;;
+    tansu-sqlite|tansu-memory)
+      local engine="sqlite://$dir/tansu.db"
+      [ "$name" = tansu-memory ] && engine="memory://tansu/"
+      (cd "$dir" && exec "$tansu" broker --listener-url "tcp://127.0.0.1:$port" \
+        --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "$engine") >"$dir/server.log" 2>&1 &
+      pid=$!; client=librdkafka ;;
+    nats-file)
+      nats-server -a 127.0.0.1 -p "$port" -js -sd "$dir/js" >"$dir/server.log" 2>&1 &
+      pid=$!; client=nats-jetstream ;;
+    redis-always|redis-everysec)
+      redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly yes \
+        --appendfsync "${name#redis-}" --dir "$dir" >"$dir/server.log" 2>&1 &
+      pid=$!; client=redis-streams ;;
+    *) echo "unknown system $name" >&2; return 1 ;;
+  esac
+  pids+=("$pid")
+  wait_port "$port" "$pid" || { echo "$name did not start:" >&2; tail -20 "$dir/server.log" >&2; return 1; }
+  sleep 0.5
+  case $name in
+    rill)
+      if grep -qi "in memory" "$dir/server.log"; then durability="in-memory store (no durability: engine not wired in this build)"
+      else durability="engine store, this build's defaults (see rill serve log)"; fi ;;
+    tansu-sqlite) durability="sqlite:// engine (WAL, synchronous=NORMAL)" ;;
+    tansu-memory) durability="memory:// engine (no durability)" ;;
+    nats-file) durability="JetStream file storage, nats-server $(nats-server --version | awk '{print $NF}') defaults (no fsync per message)" ;;
+    redis-always) durability="AOF, appendfsync always (fsync before reply)" ;;
+    redis-everysec) durability="AOF, appendfsync everysec" ;;
+  esac
+}
+
+stop_system() { kill "$pid" 2>/dev/null || true; for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done; kill -9 "$pid" 2>/dev/null || true; }
+
+common=(--warmup "$warmup" --duration "$duration" --record-size 100 --partitions 1 --producers 1
+        --consumers 1 --acks all --quiet --out "$out")
+workload_args() { # workload_args max|rate
+  case $1 in
+    max) echo "--max --in-flight 10000 --linger-ms 5" ;;
+    rate) echo "--rate $rate --linger-ms 0" ;;
+  esac
+}
+
+# --- runs -----------------------------------------------------------------------------------
+: >"$out/commands.txt"
+for system in $systems; do
+  log "$system"
+  start_system "$system" "$out/$system"
+  echo "$system|$durability" >>"$out/durability.txt"
+  for w in max rate; do
+    # shellcheck disable=SC2046
+    cmd=("$bench" --client "$client" --brokers "127.0.0.1:$port" $(workload_args "$w") "${common[@]}"
+         --label "$system" --name "$system-$w")
+    echo "${cmd[*]#"$root/"}" | sed "s#$root/##g" >>"$out/commands.txt"
+    if ! timeout 5m "${cmd[@]}" >"$out/$system-$w.txt" 2>&1; then
+      echo "FAILED: $system $w" >&2; tail -5 "$out/$system-$w.txt" >&2
+    fi
+  done
+  stop_system
+done
+
+# Rill and tansu (sqlite) alternately, A B A B, for the throughput ratio on a noisy machine.
+if [ "$pairs" -gt 0 ] && [[ " $systems " == *" rill "* ]] && [[ " $systems " == *" tansu-sqlite "* ]]; then
+  log "A/B pairs: rill vs tansu-sqlite"
+  start_system rill "$out/ab-rill"; rill_port=$port; rill_pid=$pid
+  start_system tansu-sqlite "$out/ab-tansu"; tansu_port=$port
+  cmd=("$bench" --brokers "127.0.0.1:$rill_port" --compare "127.0.0.1:$tansu_port" --pairs "$pairs"
+       --label rill --compare-label tansu-sqlite --max --in-flight 10000 --linger-ms 5 "${common[@]}"
+       --name compare-rill-tansu-sqlite)
+  echo "${cmd[*]}" | sed "s#$root/##g" >>"$out/commands.txt"
+  timeout 10m "${cmd[@]}" >"$out/compare.txt" 2>&1 || { echo "FAILED: compare" >&2; tail -5 "$out/compare.txt" >&2; }
+  stop_system; pid=$rill_pid; stop_system
+fi
+
+# Combined plots of every system that produced a result.
+for w in rate max; do
+  files=(); for s in $systems; do [ -f "$out/$s-$w.json" ] && files+=("$out/$s-$w.json"); done
+  ((${#files[@]})) && "$bench" --plot-from "${files[@]}" --plot-latency end-to-end --out "$out" --name "all-$w-e2e" >/dev/null
+  ((${#files[@]})) && "$bench" --plot-from "${files[@]}" --plot-latency produce --out "$out" --name "all-$w-produce" >/dev/null
+done
+
+# --- report ---------------------------------------------------------------------------------
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+python3 "$root/scripts/bench/peers_report.py" --dir "$out" --systems "$systems" --load-before "$load_before" \
+  --load-after "$load_after" --rate "$rate" --duration "$duration" --warmup "$warmup" >"$out/table.md"
+cat "$out/table.md"
+if [ "${PEERS_NO_DOCS:-0}" != 1 ] && [ "${PEERS_QUICK:-0}" != 1 ]; then
+  mkdir -p docs/bench
+  for f in "$out"/all-*.png "$out"/compare-*.png; do [ -f "$f" ] && cp "$f" docs/bench/peers-"$(basename "$f")"; done
+  python3 "$root/scripts/bench/peers_report.py" --splice docs/BENCHMARKS.md --section "## Rill and its peers" \
+    --from "$out/table.md"
+  log "docs/BENCHMARKS.md updated (section '## Rill and its peers')"
+fi

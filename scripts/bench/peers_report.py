@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Turns a peers.sh result directory into the markdown of docs/BENCHMARKS.md's
+"## Rill and its peers" section, or splices such markdown into a file (that section only).
+
+Every figure printed here is read from a JSON result written by rill-bench in the same sitting;
+nothing is computed except ratios (Rill / peer) and unit conversions.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+SECTION = "## Rill and its peers"
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def fmt(value, digits=0):
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def ratio(a, b, digits=2):
+    if a is None or b is None or b == 0:
+        return "-"
+    return f"{a / b:.{digits}f}"
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.system()} {platform.release()} {platform.machine()}, {os.cpu_count()} CPUs ({model}), {mem_gib:.0f} GiB RAM"
+
+
+def limits_table(limits):
+    if not limits:
+        return "(limits.sh produced no result)\n"
+    d, l = limits["disk"], limits["loopback"]
+    fds = d["write_4k_then_fdatasync_qd1"]["fdatasync"]
+    dsync = d["write_4k_dsync_qd1"]
+    rtt = l["tcp_rtt_64b"]
+    return (
+        "| O_DIRECT seq write 1 MiB qd8 | seq read | 4 KiB O_DSYNC write p50 / p99 / p99.9 | fdatasync after 4 KiB write p50 / p99 / p99.9 | loopback TCP | TCP RTT 64 B p50 / p99 / p99.9 |\n"
+        "|---|---|---|---|---|---|\n"
+        f"| {d['seq_write_1m_qd8_bytes_per_s'] / 1e9:.2f} GB/s | {d['seq_read_1m_qd8_bytes_per_s'] / 1e9:.2f} GB/s "
+        f"| {dsync['p50_us']:.0f} / {dsync['p99_us']:.0f} / {dsync['p999_us']:.0f} µs "
+        f"| {fds['p50_us']:.0f} / {fds['p99_us']:.0f} / {fds['p999_us']:.0f} µs "
+        f"| {l['tcp_bits_per_s'] / 1e9:.1f} Gbit/s | {rtt['p50_us']} / {rtt['p99_us']} / {rtt['p999_us']} µs |\n"
+    )
+
+
+def lat(result, side, key):
+    if not result:
+        return None
+    part = result["produce"] if side == "produce" else result.get("end_to_end")
+    return part["latency"][key] if part else None
+
+
+def report(args):
+    out = args.dir
+    systems = args.systems.split()
+    durability = {}
+    if os.path.exists(f"{out}/durability.txt"):
+        for line in open(f"{out}/durability.txt"):
+            name, _, text = line.rstrip("\n").partition("|")
+            durability[name] = text
+    results = {(s, w): load(f"{out}/{s}-{w}.json") for s in systems for w in ("max", "rate")}
+    limits = load(f"{out}/limits.json")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    cpus = os.cpu_count() or 1
+    busy = float(args.load_before.split()[0]) > 0.5 * cpus or float(args.load_after.split()[0]) > 0.5 * cpus
+
+    w = []
+    w.append(f"{SECTION}\n")
+    w.append(f"Measured {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by `scripts/bench/peers.sh` "
+             f"(commit {commit}) on {machine()}.")
+    w.append(f"Load average (1/5/15 min) before: {args.load_before}; after: {args.load_after}.")
+    if busy:
+        w.append("**The machine was busy (other builds running) during these runs: treat every figure as "
+                 "noisy, and the A/B pairs below as the fairer comparison.**")
+    w.append("")
+    w.append("Workloads: 1 producer, 1 consumer, 1 partition (or stream), 100-byte records, acks=all. "
+             f"**max**: closed loop, 10,000 records in flight, librdkafka linger.ms=5. **rate**: open loop at "
+             f"{int(args.rate):,} records/s, linger.ms=0; latency from each record's intended send time "
+             f"(coordinated omission corrected). Warm-up {args.warmup}, measured {args.duration} per run, one run each.")
+    w.append("Clients: librdkafka (rdkafka crate) for Rill and tansu; for Redis and NATS, rill-bench's own "
+             "protocol clients (pipelined XADD + XREAD BLOCK; JetStream publish with ack + push consumer), "
+             "same pacing, clock and histograms. librdkafka settings (linger, acks) do not apply to them: Redis "
+             "and NATS acknowledge each record on its own. Every system ran on the same 2 CPUs as the load generator.")
+    w.append("")
+    w.append("### Machine limits (scripts/bench/limits.sh, same sitting)\n")
+    w.append(limits_table(limits))
+    w.append("### Figures\n")
+    w.append("| system | durability | max: records/s | max: MB/s | rate: produce-ack p50 / p99 / p99.9 µs | rate: end-to-end p50 / p99 / p99.9 µs | rate: records/s |")
+    w.append("|---|---|---|---|---|---|---|")
+    for s in systems:
+        m, r = results[(s, "max")], results[(s, "rate")]
+        pa = " / ".join(fmt(lat(r, "produce", k)) for k in ("p50_us", "p99_us", "p999_us"))
+        ee = " / ".join(fmt(lat(r, "e2e", k)) for k in ("p50_us", "p99_us", "p999_us"))
+        w.append(f"| {s} | {durability.get(s, '?')} | {fmt(m and m['produce']['records_per_s'])} "
+                 f"| {fmt(m and m['produce']['mb_per_s'], 1)} | {pa} | {ee} | {fmt(r and r['produce']['records_per_s'])} |")
+    w.append("")
+    missing = [f"{s}/{wl}" for (s, wl), v in results.items() if v is None]
+    if missing:
+        w.append(f"No result (run failed; see the run's .txt in target/bench/peers/): {', '.join(missing)}.\n")
+    errors = [f"{s}/{wl}: {v['produce']['errors']} errors, {v['end_to_end']['missing_measured'] if v.get('end_to_end') else 0} unread"
+              for (s, wl), v in results.items() if v and (v['produce']['errors'] or (v.get('end_to_end') or {}).get('missing_measured'))]
+    if errors:
+        w.append(f"Delivery errors or unread records: {'; '.join(errors)}.\n")
+    if "rill" in systems:
+        w.append("### Ratios, Rill / peer\n")
+        w.append("Throughput above 1: Rill faster. Latency below 1: Rill lower.\n")
+        w.append("| peer | throughput (max) | produce p50 | produce p99 | produce p99.9 | e2e p50 | e2e p99 | e2e p99.9 |")
+        w.append("|---|---|---|---|---|---|---|---|")
+        rm, rr = results[("rill", "max")], results[("rill", "rate")]
+        for s in systems:
+            if s == "rill":
+                continue
+            pm, pr = results[(s, "max")], results[(s, "rate")]
+            cells = [ratio(rm and rm["produce"]["records_per_s"], pm and pm["produce"]["records_per_s"])]
+            cells += [ratio(lat(rr, "produce", k), lat(pr, "produce", k)) for k in ("p50_us", "p99_us", "p999_us")]
+            cells += [ratio(lat(rr, "e2e", k), lat(pr, "e2e", k)) for k in ("p50_us", "p99_us", "p999_us")]
+            w.append(f"| {s} ({durability.get(s, '?')}) | " + " | ".join(cells) + " |")
+        w.append("")
+    compare = load(f"{out}/compare-rill-tansu-sqlite.json")
+    if compare:
+        w.append("### A/B pairs: Rill and tansu (sqlite), alternating, workload max\n")
+        w.append("| pair | throughput | produce p50 | produce p99 | produce p99.9 | rill records/s | tansu records/s |")
+        w.append("|---|---|---|---|---|---|---|")
+        for i, p in enumerate(compare["pairs"]):
+            a, b = compare["runs"][2 * i], compare["runs"][2 * i + 1]
+            w.append(f"| {i + 1} | {p['throughput']:.2f} | {p['produce_p50']:.2f} | {p['produce_p99']:.2f} | "
+                     f"{p['produce_p999']:.2f} | {fmt(a['produce']['records_per_s'])} | {fmt(b['produce']['records_per_s'])} |")
+        m = compare["median"]
+        w.append(f"| median | {m['throughput']:.2f} | {m['produce_p50']:.2f} | {m['produce_p99']:.2f} | {m['produce_p999']:.2f} | | |")
+        w.append("")
+    w.append("### Plots\n")
+    for name, what in (("all-rate-e2e", "end-to-end latency, open loop"), ("all-rate-produce", "produce-ack latency, open loop"),
+                       ("all-max-produce", "produce-ack latency, closed loop")):
+        if os.path.exists(f"{out}/{name}.png"):
+            w.append(f"![{what}](bench/peers-{name}.png)")
+    w.append("")
+    w.append("### Commands\n")
+    w.append("```")
+    w.append("scripts/bench/peers.sh   # all of the below, servers started and stopped by the script")
+    if os.path.exists(f"{out}/commands.txt"):
+        w.extend(line.rstrip("\n") for line in open(f"{out}/commands.txt"))
+    w.append("```")
+    return "\n".join(w) + "\n"
+
+
+def splice(path, section_text):
+    """Replaces the section (its heading up to the next '## ' heading) or appends it."""
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    lines = text.split("\n")
+    start = next((i for i, l in enumerate(lines) if l.strip() == SECTION), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section_text.rstrip("\n") + "\n"
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        before = "\n".join(lines[:start]).rstrip("\n")
+        after = "\n".join(lines[end:]).strip("\n")
+        new = (before + "\n\n" if before else "") + section_text.rstrip("\n") + "\n"
+        if after:
+            new += "\n" + after + "\n"
+    with open(path, "w") as f:
+        f.write(new)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dir")
+    parser.add_argument("--systems", default="")
+    parser.add_argument("--load-before", default="0 0 0")
+    parser.add_argument("--load-after", default="0 0 0")
+    parser.add_argument("--rate", default="50000")
+    parser.add_argument("--duration", default="")
+    parser.add_argument("--warmup", default="")
+    parser.add_argument("--splice", help="file to splice the section into")
+    parser.add_argument("--section", default=SECTION)
+    parser.add_argument("--from", dest="source", help="markdown produced earlier")
+    args = parser.parse_args()
+    if args.splice:
+        splice(args.splice, open(args.source).read())
+    else:
+        sys.stdout.write(report(args))
+
+
+if __name__ == "__main__":
+    main()

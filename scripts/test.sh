@@ -10,7 +10,7 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 log() { printf '\n=== %s ===\n' "$*"; }
 
 # --- system packages -------------------------------------------------------------------------
-apt_packages=(kcat python3-venv)
+apt_packages=(kcat python3-venv cmake libcurl4-openssl-dev libsasl2-dev libssl-dev fonts-dejavu-core)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -58,6 +58,8 @@ enum Command {
         #[command(subcommand)]
         command: commands::GroupCommand,
     },
+    /// Load-test a Kafka-protocol broker (or a peer) and report latency percentiles.
+    Bench(rill_bench::cli::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -138,5 +140,6 @@ fn main() -> Result<()> {
         Command::Produce { connection, args } => commands::produce(&connection, args),
         Command::Consume { connection, args } => commands::consume(&connection, args),
         Command::Group { connection, command } => commands::group(&connection, command),
+        Command::Bench(args) => rill_bench::cli::run(args),
     }
 }

@@ -8,12 +8,12 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use rill_net::kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use rill_net::kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use rill_net::kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use rill_net::kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use rill_net::kafka_protocol::messages::*;
+use rill_net::kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use rill_net::batch::encode_test_batch;
 use support::Broker;
 

@@ -33,3 +33,7 @@ pub mod producer_state;
 pub mod server;
 pub mod shard;
 pub mod table;
+
+/// The vendored Kafka protocol crate (see `net/vendor/kafka-protocol/RILL-PATCH.md`), re-exported so
+/// that users of `rill-net` share its types instead of linking a second copy.
+pub use kafka_protocol;

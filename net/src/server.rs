@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,9 +31,8 @@ pub const SHUTDOWN_CHECK_MS: u64 = 50;
 pub const GROUP_TICK_MS: u64 = 100;
 /// Longest time connections get to finish their request after shutdown starts, in milliseconds.
 pub const SHUTDOWN_DRAIN_MS_MAX: u64 = 10_000;
-/// Grace after a core's connections drained before it closes its mesh, in milliseconds, so
-/// requests other cores are still forwarding to it complete.
-pub const MESH_CLOSE_GRACE_MS: u64 = 300;
+/// Longest wait for the other cores to drain before closing the mesh anyway, in milliseconds.
+pub const MESH_CLOSE_WAIT_MS_MAX: u64 = 15_000;
 /// Largest admin HTTP request head, in bytes.
 pub const ADMIN_REQUEST_BYTES_MAX: usize = 8 * 1024;
 
@@ -79,17 +78,20 @@ pub enum ServerError {
 pub fn run(config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
     assert!(config.cores >= 1);
     let mesh = (config.cores > 1).then(|| MeshBuilder::<Envelope, _>::full(config.cores, MESH_CHANNEL_MESSAGES_MAX));
+    // Shutdown bookkeeping only (never touched on the data path): cores whose connections drained.
+    let drained_cores = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::with_capacity(config.cores);
     for core in 0..config.cores {
         let config = config.clone();
         let shutdown = shutdown.clone();
         let mesh = mesh.clone();
+        let drained_cores = drained_cores.clone();
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(core)).name(&format!("rill-core-{core}"));
         if config.spin_before_park_us > 0 {
             builder = builder.spin_before_park(Duration::from_micros(config.spin_before_park_us));
         }
         let handle = builder
-            .spawn(move || async move { run_core(core, config, shutdown, mesh).await })
+            .spawn(move || async move { run_core(core, config, shutdown, mesh, drained_cores).await })
             .map_err(|error| ServerError::Executor { core, message: error.to_string() })?;
         handles.push(handle);
     }
@@ -111,6 +113,7 @@ async fn run_core(
     config: ServerConfig,
     shutdown: Arc<AtomicBool>,
     mesh: Option<MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>>,
+    drained_cores: Arc<AtomicUsize>,
 ) -> Result<(), ServerError> {
     let (senders, receivers) = match mesh {
         Some(mesh) => {
@@ -179,7 +182,15 @@ async fn run_core(
         }
     };
     futures_lite::future::or(drained, glommio::timer::sleep(Duration::from_millis(SHUTDOWN_DRAIN_MS_MAX))).await;
-    glommio::timer::sleep(Duration::from_millis(MESH_CLOSE_GRACE_MS)).await;
+    // Other cores may still forward in-flight requests here: keep serving the mesh until every
+    // core has drained its connections.
+    drained_cores.fetch_add(1, Ordering::SeqCst);
+    let all_drained = async {
+        while drained_cores.load(Ordering::SeqCst) < config.cores {
+            glommio::timer::sleep(Duration::from_millis(SHUTDOWN_CHECK_MS)).await;
+        }
+    };
+    futures_lite::future::or(all_drained, glommio::timer::sleep(Duration::from_millis(MESH_CLOSE_WAIT_MS_MAX))).await;
     shard.close_mesh();
     tracing::info!(core, "core stopped");
     Ok(())

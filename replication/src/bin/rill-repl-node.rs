@@ -17,7 +17,7 @@
 //!
 //! `RILL_CPU=N` pins the process's executor to CPU N.
 //! rill-repl-node lossy-link BIND PEER CERT_DIR FRAMES ROLE   send/receive FRAMES over QUIC and
-//!                                                            check order (netem test)
+//!                                                            check order (5% loss test)
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
@@ -542,7 +542,7 @@ fn compare(rounds: usize, base_port: u16) -> Result<()> {
     result
 }
 
-// ---- lossy link (netem) ------------------------------------------------------------------------
+// ---- lossy link (5% loss test) -----------------------------------------------------------------
 
 /// `send`: node 1 sends `frames` numbered frames on 4 lanes to node 2 at `peer`.
 /// `receive`: node 2 checks every lane arrives complete and in order, prints `ok N`, exits.

@@ -35,6 +35,13 @@ pub struct FileConfig {
     pub memory_store_mib_per_core: Option<u64>,
     /// Busy-spin before parking, in microseconds.
     pub spin_before_park_us: Option<u64>,
+    /// `disk` (default: the direct-I/O engine under data_dir) or `memory` (nothing survives).
+    pub storage: Option<String>,
+    /// `fsync` (default: acknowledged means fdatasync'd), `write` (written, not synced) or
+    /// `memory` (acknowledged when staged).
+    pub durability: Option<String>,
+    /// Batch cache per core, in MiB.
+    pub batch_cache_mib_per_core: Option<u64>,
 }
 
 impl FileConfig {
@@ -66,6 +73,12 @@ pub struct ServeSettings {
     pub memory_store_mib_per_core: u64,
     /// Busy-spin before parking, in microseconds.
     pub spin_before_park_us: u64,
+    /// Disk (true) or memory storage.
+    pub storage_disk: bool,
+    /// When appends are acknowledged.
+    pub durability: rill_engine::Durability,
+    /// Batch cache per core, in MiB.
+    pub batch_cache_mib_per_core: u64,
 }
 
 /// Values given on the command line or in the environment (they win over the file).
@@ -81,6 +94,10 @@ pub struct Overrides {
     pub cores: Option<usize>,
     /// --auto-create-topics / RILL_AUTO_CREATE_TOPICS.
     pub auto_create_topics: Option<bool>,
+    /// --storage / RILL_STORAGE.
+    pub storage: Option<String>,
+    /// --durability / RILL_DURABILITY.
+    pub durability: Option<String>,
 }
 
 fn parse_address(text: &str, what: &str) -> Result<SocketAddr> {
@@ -110,6 +127,17 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<ServeSettings> 
         let host = kafka_listen.ip();
         if host.is_unspecified() { "127.0.0.1".to_string() } else { host.to_string() }
     });
+    let storage_disk = match overrides.storage.or(file.storage).as_deref().unwrap_or("disk") {
+        "disk" => true,
+        "memory" => false,
+        other => bail!("storage must be `disk` or `memory`, got {other:?}"),
+    };
+    let durability = match overrides.durability.or(file.durability).as_deref().unwrap_or("fsync") {
+        "fsync" => rill_engine::Durability::Fsync,
+        "write" => rill_engine::Durability::Write,
+        "memory" => rill_engine::Durability::Memory,
+        other => bail!("durability must be `fsync`, `write` or `memory`, got {other:?}"),
+    };
     let default_partitions = file.default_partitions.unwrap_or(1);
     if default_partitions < 1 {
         bail!("default_partitions must be at least 1");
@@ -124,6 +152,9 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<ServeSettings> 
         advertised_host,
         memory_store_mib_per_core: file.memory_store_mib_per_core.unwrap_or(1024),
         spin_before_park_us: file.spin_before_park_us.unwrap_or(0),
+        storage_disk,
+        durability,
+        batch_cache_mib_per_core: file.batch_cache_mib_per_core.unwrap_or(256),
     })
 }
 

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use rill_net::backend::TopicConfig;
 use rill_net::frame::FrameLimits;
-use rill_net::server::{run, ServerConfig};
+use rill_net::server::{run, ServerConfig, StorageChoice};
 use rill_net::shard::BrokerConfig;
 
 /// Rill: a Kafka-compatible streaming platform.
@@ -82,6 +82,12 @@ struct ServeArgs {
     /// Create unknown topics when clients ask for them.
     #[arg(long, env = "RILL_AUTO_CREATE_TOPICS", num_args = 0..=1, default_missing_value = "true")]
     auto_create_topics: Option<bool>,
+    /// Partition storage: `disk` (direct-I/O logs in the data dir) or `memory` [default: disk].
+    #[arg(long, env = "RILL_STORAGE")]
+    storage: Option<String>,
+    /// When appends are acknowledged: `fsync`, `write` or `memory` [default: fsync].
+    #[arg(long, env = "RILL_DURABILITY")]
+    durability: Option<String>,
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
@@ -95,11 +101,13 @@ fn serve(args: ServeArgs) -> Result<()> {
         admin_listen: args.admin_listen,
         cores: args.cores,
         auto_create_topics: args.auto_create_topics,
+        storage: args.storage,
+        durability: args.durability,
     };
     let settings = config::resolve(file, overrides)?;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
-    tracing::info!(?settings, "starting rill; storage is in memory until the engine is wired in");
+    tracing::info!(?settings, "starting rill");
     let broker = BrokerConfig {
         node_id: 0,
         advertised_host: settings.advertised_host.clone(),
@@ -121,6 +129,16 @@ fn serve(args: ServeArgs) -> Result<()> {
         admin_listen: settings.admin_listen,
         cores: settings.cores,
         spin_before_park_us: settings.spin_before_park_us,
+        storage: if settings.storage_disk {
+            StorageChoice::Disk {
+                data_dir: settings.data_dir.join("partitions"),
+                durability: settings.durability,
+                cache_bytes_per_core: usize::try_from(settings.batch_cache_mib_per_core * 1024 * 1024)
+                    .context("batch cache size")?,
+            }
+        } else {
+            StorageChoice::Memory { bytes_max_per_core: settings.memory_store_mib_per_core * 1024 * 1024 }
+        },
     };
     run(server, shutdown)?;
     tracing::info!("rill stopped");

@@ -238,4 +238,10 @@ pub trait PartitionStore {
         partition: &TopicPartition,
         high_watermark: i64,
     ) -> Result<impl Future<Output = ()> + 'static, StorageError>;
+
+    /// Orderly shutdown: make everything appended durable and release files. Called once, after
+    /// the core stopped serving requests. The in-memory store has nothing to do.
+    fn close(&self) -> impl Future<Output = ()> {
+        std::future::ready(())
+    }
 }

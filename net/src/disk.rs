@@ -321,6 +321,10 @@ impl PartitionStore for DiskStore {
         }
     }
 
+    fn close(&self) -> impl Future<Output = ()> {
+        self.close_all()
+    }
+
     fn wait_for_data(
         &self,
         partition: &TopicPartition,

@@ -21,6 +21,7 @@ use thiserror::Error;
 use crate::backend::PartitionStore;
 use crate::codec::decode_request;
 use crate::frame::read_frame;
+use crate::disk::DiskStore;
 use crate::memory::MemoryStore;
 use crate::notify::ChangeSignal;
 use crate::shard::{BrokerConfig, CoreReply, CoreRequest, Envelope, Shard, MESH_CHANNEL_MESSAGES_MAX};
@@ -49,6 +50,27 @@ pub struct ServerConfig {
     pub cores: usize,
     /// Busy-spin before parking an idle executor, in microseconds (0: park at once).
     pub spin_before_park_us: u64,
+    /// Where partitions live.
+    pub storage: StorageChoice,
+}
+
+/// Where a core keeps its partitions.
+#[derive(Debug, Clone)]
+pub enum StorageChoice {
+    /// The engine's direct-I/O logs under `data_dir` (the default).
+    Disk {
+        /// Root of the partition directories.
+        data_dir: std::path::PathBuf,
+        /// When an append is acknowledged (and what the high watermark means).
+        durability: rill_engine::Durability,
+        /// Batch cache per core, in bytes.
+        cache_bytes_per_core: usize,
+    },
+    /// Bounded memory, nothing survives a restart (tests, benchmarks of the front-end).
+    Memory {
+        /// Budget per core, in bytes.
+        bytes_max_per_core: u64,
+    },
 }
 
 /// Why the server could not run.
@@ -91,7 +113,18 @@ pub fn run(config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), Server
             builder = builder.spin_before_park(Duration::from_micros(config.spin_before_park_us));
         }
         let handle = builder
-            .spawn(move || async move { run_core(core, config, shutdown, mesh, drained_cores).await })
+            .spawn(move || async move {
+                match config.storage.clone() {
+                    StorageChoice::Disk { data_dir, durability, cache_bytes_per_core } => {
+                        let store = DiskStore::new(data_dir, durability, cache_bytes_per_core);
+                        run_core(core, config, shutdown, mesh, drained_cores, store).await
+                    }
+                    StorageChoice::Memory { bytes_max_per_core } => {
+                        let store = MemoryStore::new(bytes_max_per_core);
+                        run_core(core, config, shutdown, mesh, drained_cores, store).await
+                    }
+                }
+            })
             .map_err(|error| ServerError::Executor { core, message: error.to_string() })?;
         handles.push(handle);
     }
@@ -108,12 +141,13 @@ pub fn run(config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), Server
     first_error.map_or(Ok(()), Err)
 }
 
-async fn run_core(
+async fn run_core<S: PartitionStore + 'static>(
     core: usize,
     config: ServerConfig,
     shutdown: Arc<AtomicBool>,
     mesh: Option<MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>>,
     drained_cores: Arc<AtomicUsize>,
+    store: S,
 ) -> Result<(), ServerError> {
     let (senders, receivers) = match mesh {
         Some(mesh) => {
@@ -125,7 +159,6 @@ async fn run_core(
         }
         None => (None, None),
     };
-    let store = MemoryStore::new(config.broker.store_bytes_max_per_core);
     let shard = Rc::new(Shard::new(core, config.cores, store, config.broker.clone(), senders));
     if let Some(mut receivers) = receivers {
         for (peer, stream) in receivers.streams() {
@@ -192,6 +225,8 @@ async fn run_core(
     };
     futures_lite::future::or(all_drained, glommio::timer::sleep(Duration::from_millis(MESH_CLOSE_WAIT_MS_MAX))).await;
     shard.close_mesh();
+    // Everything appended becomes durable and files are cut to their logical size.
+    shard.store.close().await;
     tracing::info!(core, "core stopped");
     Ok(())
 }

@@ -172,7 +172,8 @@ fn run_with<C: LoadClient>(
     let acks: Vec<AckCounts> = ack_stats.iter().map(|s| s.snapshot()).collect();
     let reads: Vec<ConsumeCounts> = consume_stats.iter().map(|s| s.snapshot()).collect();
     let consumed_run = consume_stats.iter().map(|s| s.consumed_run.load(Ordering::Relaxed)).sum();
-    let produce = produce_result(workload, measure_start, &outcomes, &acks)?;
+    let acked_total: u64 = ack_stats.iter().map(|s| s.acked_total.load(Ordering::Relaxed)).sum();
+    let produce = produce_result(workload, measure_start, &outcomes, &acks, acked_total)?;
     let end_to_end = (workload.consumers > 0)
         .then(|| end_to_end_result(workload, measure_start, produce.acked_measured, consumed_run, &reads));
     Ok(RunResult {
@@ -257,6 +258,7 @@ fn produce_result(
     measure_start: u64,
     outcomes: &[DriveOutcome],
     acks: &[AckCounts],
+    acked_total: u64,
 ) -> Result<ProduceResult, BenchError> {
     let mut latency = LatencyHistogram::new();
     let mut lag = LatencyHistogram::new();
@@ -271,10 +273,12 @@ fn produce_result(
     let window_s = last_ack.saturating_sub(measure_start) as f64 / 1e9;
     let (records_per_s, mb_per_s) = rates(acked_measured, workload.record_bytes, window_s);
     let open_loop = matches!(workload.mode, Mode::OpenLoop { .. });
+    let sent: u64 = outcomes.iter().map(|o| o.sent).sum();
     Ok(ProduceResult {
-        sent: outcomes.iter().map(|o| o.sent).sum(),
+        sent,
         acked_measured,
         errors,
+        unacknowledged: sent.saturating_sub(acked_total + errors),
         window_s,
         records_per_s,
         mb_per_s,

@@ -118,6 +118,7 @@ fn open_and_closed_loop_runs_against_rill_serve() {
     );
     let p = &open.produce;
     assert_eq!(p.errors, 0);
+    assert_eq!(p.unacknowledged, 0);
     // 2 s at 2000 records/s: 4000 measured records, every one acknowledged.
     assert_eq!(p.acked_measured, 4000, "{}", open.to_text());
     assert!((p.records_per_s - 2000.0).abs() < 200.0, "open loop holds its rate: {}", p.records_per_s);

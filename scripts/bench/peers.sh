@@ -12,8 +12,9 @@
 #           (coordinated omission corrected)
 #
 #   Systems and their durability (written beside every figure):
-#     rill            rill serve --cores 1 (durability: whatever this build's store does; detected
-#                     from its log and printed)
+#     rill            rill serve --cores 1 --storage disk --durability fsync (direct-I/O engine;
+#                     acknowledged after fdatasync)
+#     rill-memory     rill serve --cores 1 --storage memory (no durability), 4 GiB store
 #     tansu-sqlite    tansu 0.6.0, sqlite:// engine (WAL, synchronous=NORMAL: no fsync per commit)
 #     tansu-memory    tansu 0.6.0, memory:// engine (no durability)
 #     nats-file       nats-server (Debian) JetStream, file storage, defaults (no fsync per message)
@@ -37,7 +38,7 @@ warmup=${PEERS_WARMUP:-2s}
 rate=${PEERS_RATE:-50000}
 pairs=${PEERS_PAIRS:-3}
 if [ "${PEERS_QUICK:-0}" = 1 ]; then duration=2s; warmup=1s; pairs=${PEERS_PAIRS:-1}; export LIMITS_QUICK=1; fi
-systems=${PEERS_ONLY:-"rill tansu-sqlite tansu-memory nats-file redis-always redis-everysec"}
+systems=${PEERS_ONLY:-"rill rill-memory tansu-sqlite tansu-memory nats-file redis-always redis-everysec"}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=$root/target/bench/peers/$stamp
 mkdir -p "$out"
@@ -95,12 +96,19 @@ start_system() {
   port=$(free_port)
   mkdir -p "$dir"
   case $name in
-    rill)
-      "$rill" serve --cores 1 --auto-create-topics --kafka-listen "127.0.0.1:$port" \
+    rill|rill-memory)
+      local storage=(--storage disk --durability fsync)
+      if [ "$name" = rill-memory ]; then
+        # The in-memory store refuses appends past its budget (1 GiB per core by default).
+        echo "memory_store_mib_per_core = 4096" >"$dir/rill.toml"
+        storage=(--storage memory --config "$dir/rill.toml")
+      fi
+      "$rill" serve --cores 1 --auto-create-topics --kafka-listen "127.0.0.1:$port" "${storage[@]}" \
         --admin-listen "127.0.0.1:$(free_port)" --data-dir "$dir/data" >"$dir/server.log" 2>&1 &
       pid=$!; client=librdkafka ;;
     tansu-sqlite|tansu-memory)
-      local engine="sqlite://$dir/tansu.db"
+      # tansu resolves a sqlite:// path against its working directory, so keep it relative.
+      local engine="sqlite://tansu.db"
       [ "$name" = tansu-memory ] && engine="memory://tansu/"
       (cd "$dir" && exec "$tansu" broker --listener-url "tcp://127.0.0.1:$port" \
         --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "$engine") >"$dir/server.log" 2>&1 &
@@ -118,9 +126,8 @@ start_system() {
   wait_port "$port" "$pid" || { echo "$name did not start:" >&2; tail -20 "$dir/server.log" >&2; return 1; }
   sleep 0.5
   case $name in
-    rill)
-      if grep -qi "in memory" "$dir/server.log"; then durability="in-memory store (no durability: engine not wired in this build)"
-      else durability="engine store, this build's defaults (see rill serve log)"; fi ;;
+    rill) durability="direct-I/O engine, --durability fsync (acknowledged after fdatasync)" ;;
+    rill-memory) durability="--storage memory (no durability)" ;;
     tansu-sqlite) durability="sqlite:// engine (WAL, synchronous=NORMAL)" ;;
     tansu-memory) durability="memory:// engine (no durability)" ;;
     nats-file) durability="JetStream file storage, nats-server $(nats-server --version | awk '{print $NF}') defaults (no fsync per message)" ;;
@@ -144,31 +151,34 @@ workload_args() { # workload_args max|rate
 : >"$out/commands.txt"
 for system in $systems; do
   log "$system"
-  start_system "$system" "$out/$system"
-  echo "$system|$durability" >>"$out/durability.txt"
   for w in max rate; do
+    # A fresh server (and data directory) per workload: no run inherits another's data.
+    if ! start_system "$system" "$out/$system-$w"; then echo "SKIPPED: $system $w did not start" >&2; continue; fi
+    [ "$w" = max ] && echo "$system|$durability" >>"$out/durability.txt"
     # shellcheck disable=SC2046
     cmd=("$bench" --client "$client" --brokers "127.0.0.1:$port" $(workload_args "$w") "${common[@]}"
          --label "$system" --name "$system-$w")
-    echo "${cmd[*]#"$root/"}" | sed "s#$root/##g" >>"$out/commands.txt"
+    echo "${cmd[*]}" | sed "s#$root/##g" >>"$out/commands.txt"
     if ! timeout 5m "${cmd[@]}" >"$out/$system-$w.txt" 2>&1; then
       echo "FAILED: $system $w" >&2; tail -5 "$out/$system-$w.txt" >&2
     fi
+    stop_system
+    rm -rf "$out/$system-$w/data" "$out/$system-$w/js" "$out/$system-$w"/*.db* "$out/$system-$w"/appendonly*
   done
-  stop_system
 done
 
 # Rill and tansu (sqlite) alternately, A B A B, for the throughput ratio on a noisy machine.
 if [ "$pairs" -gt 0 ] && [[ " $systems " == *" rill "* ]] && [[ " $systems " == *" tansu-sqlite "* ]]; then
   log "A/B pairs: rill vs tansu-sqlite"
-  start_system rill "$out/ab-rill"; rill_port=$port; rill_pid=$pid
-  start_system tansu-sqlite "$out/ab-tansu"; tansu_port=$port
+  start_system rill "$out/ab-rill" && rill_port=$port && rill_pid=$pid
+  start_system tansu-sqlite "$out/ab-tansu" && tansu_port=$port
   cmd=("$bench" --brokers "127.0.0.1:$rill_port" --compare "127.0.0.1:$tansu_port" --pairs "$pairs"
        --label rill --compare-label tansu-sqlite --max --in-flight 10000 --linger-ms 5 "${common[@]}"
        --name compare-rill-tansu-sqlite)
   echo "${cmd[*]}" | sed "s#$root/##g" >>"$out/commands.txt"
   timeout 10m "${cmd[@]}" >"$out/compare.txt" 2>&1 || { echo "FAILED: compare" >&2; tail -5 "$out/compare.txt" >&2; }
   stop_system; pid=$rill_pid; stop_system
+  rm -rf "$out/ab-rill/data" "$out/ab-tansu"/*.db*
 fi
 
 # Combined plots of every system that produced a result.

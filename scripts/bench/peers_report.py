@@ -121,8 +121,10 @@ def report(args):
     missing = [f"{s}/{wl}" for (s, wl), v in results.items() if v is None]
     if missing:
         w.append(f"No result (run failed; see the run's .txt in target/bench/peers/): {', '.join(missing)}.\n")
-    errors = [f"{s}/{wl}: {v['produce']['errors']} errors, {v['end_to_end']['missing_measured'] if v.get('end_to_end') else 0} unread"
-              for (s, wl), v in results.items() if v and (v['produce']['errors'] or (v.get('end_to_end') or {}).get('missing_measured'))]
+    errors = [f"{s}/{wl}: {v['produce']['errors']} errors, {v['produce'].get('unacknowledged', 0)} unacknowledged, "
+              f"{(v.get('end_to_end') or {}).get('missing_measured', 0)} unread"
+              for (s, wl), v in results.items()
+              if v and (v['produce']['errors'] or v['produce'].get('unacknowledged') or (v.get('end_to_end') or {}).get('missing_measured'))]
     if errors:
         w.append(f"Delivery errors or unread records: {'; '.join(errors)}.\n")
     if "rill" in systems:

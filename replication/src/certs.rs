@@ -196,6 +196,14 @@ impl TlsIdentity {
     }
 }
 
+/// Whether `certificate` carries node `node`'s DNS name ([`node_server_name`]). Checks the name
+/// only: the handshake has already checked the chain against the cluster CA.
+pub fn certificate_names_node(certificate: &CertificateDer<'_>, node: NodeId) -> bool {
+    let Ok(parsed) = rustls::server::ParsedCertificate::try_from(certificate) else { return false };
+    let Ok(name) = rustls::pki_types::ServerName::try_from(node_server_name(node)) else { return false };
+    rustls::client::verify_server_name(&parsed, &name).is_ok()
+}
+
 fn tls_error(error: rustls::Error) -> TransportError {
     TransportError::Config { reason: format!("TLS: {error}") }
 }
@@ -220,6 +228,16 @@ mod tests {
         }
         let mode = fs::metadata(&files.ca_key).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn certificate_names_only_its_own_node() {
+        let (ca, ca_key) = generate_ca("test CA").unwrap();
+        let (cert, _) = generate_node(NodeId(7), &ca, &ca_key).unwrap();
+        assert!(certificate_names_node(cert.der(), NodeId(7)));
+        assert!(!certificate_names_node(cert.der(), NodeId(1)));
+        assert!(!certificate_names_node(cert.der(), NodeId(77)));
+        assert!(!certificate_names_node(&CertificateDer::from(vec![0u8; 8]), NodeId(7)));
     }
 
     #[test]

@@ -39,7 +39,7 @@ use quinn_proto::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::certs::TlsIdentity;
+use crate::certs::{certificate_names_node, TlsIdentity};
 use crate::frame::{Frame, FrameDecoder};
 use crate::transport::{Inbox, Signal, SendWaiters};
 use crate::types::{node_server_name, CoreAddr, CoreId, LaneId, NodeId};
@@ -197,8 +197,42 @@ struct Connection {
     quic: quinn_proto::Connection,
     /// The peer core, for connections this core dialed; `None` for accepted ones.
     dialed_peer: Option<CoreAddr>,
+    /// Which node the peer proved to be (see [`PeerNode`]).
+    peer_node: PeerNode,
     incoming_streams: HashMap<StreamId, IncomingStream>,
     readable: BTreeSet<StreamId>,
+}
+
+/// The node behind a connection. A dialer proves it by the server name; an acceptor learns the
+/// client's certificate at the handshake but not (without an x509 parser) the node it names, so
+/// it checks the node the first preamble claims against the certificate's DNS name
+/// (`node-<id>.rill`) and holds every later preamble to that node. A cluster member therefore
+/// cannot speak for another node.
+#[derive(Debug)]
+enum PeerNode {
+    /// Accepted, handshake not complete.
+    Handshaking,
+    /// Accepted and complete: the client's end-entity certificate (chain checked by the CA).
+    Certified(rustls::pki_types::CertificateDer<'static>),
+    /// The certificate names this node.
+    Verified(NodeId),
+}
+
+impl PeerNode {
+    /// Whether the peer may send as `node`; the first successful check pins the node.
+    fn may_claim(&mut self, node: NodeId) -> bool {
+        match self {
+            PeerNode::Handshaking => false,
+            PeerNode::Verified(verified) => *verified == node,
+            PeerNode::Certified(certificate) => {
+                let names_node = certificate_names_node(certificate, node);
+                if names_node {
+                    *self = PeerNode::Verified(node);
+                }
+                names_node
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -431,6 +465,8 @@ impl Shared {
                     Connection {
                         quic,
                         dialed_peer: Some(peer),
+                        // The handshake checks the server's name against the node we dial.
+                        peer_node: PeerNode::Verified(peer.node),
                         incoming_streams: HashMap::new(),
                         readable: BTreeSet::new(),
                     },
@@ -511,6 +547,7 @@ impl Shared {
                             Connection {
                                 quic,
                                 dialed_peer: None,
+                                peer_node: PeerNode::Handshaking,
                                 incoming_streams: HashMap::new(),
                                 readable: BTreeSet::new(),
                             },
@@ -646,6 +683,11 @@ impl Shared {
     fn read_streams(&mut self, handle: ConnectionHandle, now: Instant) {
         let Shared { connections, inbox, metrics, config, .. } = self;
         let connection = connections.get_mut(&handle).expect("connection");
+        if matches!(connection.peer_node, PeerNode::Handshaking) {
+            if let Some(certificate) = peer_certificate(&connection.quic) {
+                connection.peer_node = PeerNode::Certified(certificate);
+            }
+        }
         let mut protocol_error = false;
         let readable: Vec<StreamId> = connection.readable.iter().copied().collect();
         for id in readable {
@@ -672,7 +714,7 @@ impl Shared {
                 match chunks.next(READ_CHUNK_BYTES_MAX) {
                     Ok(Some(chunk)) => {
                         stream.decoder.push(&chunk.bytes);
-                        if !deliver_frames(stream, inbox, metrics) {
+                        if !deliver_frames(stream, &mut connection.peer_node, inbox, metrics) {
                             protocol_error = true;
                             break;
                         }
@@ -834,13 +876,29 @@ impl Shared {
     }
 }
 
-/// Parses the preamble (once) and moves every complete frame into the inbox. Returns false on a
-/// protocol violation.
-fn deliver_frames(stream: &mut IncomingStream, inbox: &mut Inbox, metrics: &mut TransportMetrics) -> bool {
+/// The client certificate of a completed handshake (rustls hands quinn the chain, leaf first).
+fn peer_certificate(quic: &quinn_proto::Connection) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    let identity = quic.crypto_session().peer_identity()?;
+    let chain = identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    chain.into_iter().next()
+}
+
+/// Parses the preamble (once; its node must be one the peer's certificate names) and moves every
+/// complete frame into the inbox. Returns false on a protocol violation.
+fn deliver_frames(
+    stream: &mut IncomingStream,
+    peer_node: &mut PeerNode,
+    inbox: &mut Inbox,
+    metrics: &mut TransportMetrics,
+) -> bool {
     if stream.origin.is_none() {
         let Some(raw) = stream.decoder.take_raw(PREAMBLE_BYTES) else { return true };
         match parse_preamble(raw) {
-            Some(origin) => stream.origin = Some(origin),
+            Some(origin) if peer_node.may_claim(origin.0.node) => stream.origin = Some(origin),
+            Some((claimed, _)) => {
+                tracing::warn!(%claimed, ?peer_node, "replication peer claims a node its certificate does not name");
+                return false;
+            }
             None => return false,
         }
     }
@@ -1309,6 +1367,35 @@ mod tests {
                 assert_eq!(parse(&b.recv().await.unwrap().frame), (0, seq));
             }
             a.shutdown().await;
+            b.shutdown().await;
+        });
+    }
+
+    #[test]
+    fn a_member_claiming_another_node_is_refused() {
+        run(async {
+            let cluster = Cluster::new();
+            let b = cluster.transport(2, any_port(), |_| {});
+            // Node 3's certificate, but its preambles claim node 1.
+            let config = QuicConfig::new(CoreAddr::new(1, 0), any_port());
+            let impostor = QuicTransport::bind(config, &cluster.identity(3)).unwrap();
+            introduce(&impostor, &b);
+            impostor.send(b.local(), LaneId(0), numbered(0, 0, 10)).await.unwrap();
+            expect_up(&impostor, b.local()).await;
+            // b closes the connection on the first preamble instead of delivering the frame.
+            match impostor.next_event().await.unwrap() {
+                LinkEvent::Down { peer, .. } => assert_eq!(peer, b.local()),
+                LinkEvent::Up { .. } => panic!("link came up twice"),
+            }
+            assert!(b.try_recv().is_none());
+            // An honest member still gets through.
+            let honest = cluster.transport(1, any_port(), |_| {});
+            introduce(&honest, &b);
+            honest.send(b.local(), LaneId(0), numbered(0, 7, 10)).await.unwrap();
+            let incoming = b.recv().await.unwrap();
+            assert_eq!((incoming.from, parse(&incoming.frame)), (honest.local(), (0, 7)));
+            honest.shutdown().await;
+            impostor.shutdown().await;
             b.shutdown().await;
         });
     }

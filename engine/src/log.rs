@@ -677,18 +677,25 @@ impl<S: Storage> PartitionLog<S> {
             let want = want.min(crate::storage::align_up(
                 self.config().segment_bytes.max(size + frame_bytes),
             ));
-            match file.preallocate(want).await {
-                Ok(()) => self.state.borrow_mut().active_mut().allocated = want,
-                Err(e) if is_enospc(&e) => {
-                    warn!(dir = %self.dir.display(), want, "no space to preallocate; refusing the batch");
-                    return Err(LogError::NoSpace {
-                        dir: self.dir.clone(),
-                    });
-                }
-                Err(e) => {
-                    return Err(self.fail(format!("fallocate {}: {e}", file.path().display())))
+            // Reserve a step ahead; when the disk cannot hold the step, reserve just this frame
+            // (a nearly full disk still takes what fits).
+            let need = crate::storage::align_up(size + frame_bytes);
+            let mut reserved = None;
+            for target in [want, need] {
+                match file.preallocate(target).await {
+                    Ok(()) => {
+                        reserved = Some(target);
+                        break;
+                    }
+                    Err(e) if is_enospc(&e) => continue,
+                    Err(e) => return Err(self.fail(format!("fallocate {}: {e}", file.path().display()))),
                 }
             }
+            let Some(reserved) = reserved else {
+                warn!(dir = %self.dir.display(), need, "no space for the batch; refusing it");
+                return Err(LogError::NoSpace { dir: self.dir.clone() });
+            };
+            self.state.borrow_mut().active_mut().allocated = reserved;
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ log() { printf '\n=== %s ===\n' "$*"; }
 
 # --- system packages -------------------------------------------------------------------------
 apt_packages=(kcat python3-venv cmake libcurl4-openssl-dev libsasl2-dev libssl-dev fonts-dejavu-core
-  iproute2 iptables e2fsprogs mount)
+  iproute2 iptables nftables e2fsprogs mount)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -39,6 +39,16 @@ impl IoBuffer for DmaBuffer {
     }
 }
 
+/// glommio's error as an `io::Error` that keeps the OS error code (its own conversion turns an
+/// ENOSPC into an opaque message, and the log must tell a full disk from a failing one). The
+/// log adds the operation and path itself.
+fn os_error(error: glommio::GlommioError<()>) -> io::Error {
+    match error {
+        glommio::GlommioError::IoError(source) | glommio::GlommioError::EnhancedIoError { source, .. } => source,
+        other => io::Error::from(other),
+    }
+}
+
 async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> io::Result<R> + Send + 'static,
 ) -> io::Result<R> {
@@ -62,7 +72,7 @@ impl Storage for GlommioStorage {
         if mode == OpenMode::CreateNew {
             options.create_new(true);
         }
-        let file = options.dma_open(path).await.map_err(io::Error::from)?;
+        let file = options.dma_open(path).await.map_err(os_error)?;
         Ok(GlommioFile {
             file,
             path: path.to_path_buf(),
@@ -86,7 +96,7 @@ impl Storage for GlommioStorage {
     }
 
     async fn remove_file(&self, path: &Path) -> io::Result<()> {
-        glommio::io::remove(path).await.map_err(io::Error::from)
+        glommio::io::remove(path).await.map_err(os_error)
     }
 
     async fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
@@ -120,7 +130,7 @@ pub async fn prime_iopoll_probe(dir: &Path) -> io::Result<()> {
         .read(true)
         .dma_open(&probe)
         .await
-        .map_err(io::Error::from);
+        .map_err(os_error);
     if let Ok(file) = opened {
         let _ = file.close().await;
     }
@@ -142,31 +152,31 @@ impl StorageFile for GlommioFile {
         self.file
             .write_rc_at(buf, pos)
             .await
-            .map_err(io::Error::from)
+            .map_err(os_error)
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
-        let result = self.file.read_at(pos, len).await.map_err(io::Error::from)?;
+        let result = self.file.read_at(pos, len).await.map_err(os_error)?;
         Ok(Bytes::copy_from_slice(&result))
     }
 
     async fn fdatasync(&self) -> io::Result<()> {
-        self.file.fdatasync().await.map_err(io::Error::from)
+        self.file.fdatasync().await.map_err(os_error)
     }
 
     async fn preallocate(&self, len: u64) -> io::Result<()> {
         self.file
             .pre_allocate(len, false)
             .await
-            .map_err(io::Error::from)
+            .map_err(os_error)
     }
 
     async fn truncate(&self, len: u64) -> io::Result<()> {
-        self.file.truncate(len).await.map_err(io::Error::from)
+        self.file.truncate(len).await.map_err(os_error)
     }
 
     async fn size(&self) -> io::Result<u64> {
-        self.file.file_size().await.map_err(io::Error::from)
+        self.file.file_size().await.map_err(os_error)
     }
 
     fn path(&self) -> PathBuf {

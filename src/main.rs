@@ -132,6 +132,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         storage: if settings.storage_disk {
             StorageChoice::Disk {
                 data_dir: settings.data_dir.join("partitions"),
+                metadata_dir: settings.data_dir.join("metadata"),
                 durability: settings.durability,
                 cache_bytes_per_core: usize::try_from(settings.batch_cache_mib_per_core * 1024 * 1024)
                     .context("batch cache size")?,

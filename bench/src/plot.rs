@@ -28,14 +28,18 @@ const WIDTH_PX: u32 = 1000;
 const HEIGHT_PX: u32 = 600;
 /// The x axis reaches at least the 99.99th percentile.
 const X_AXIS_MIN_REACH: f64 = 10_000.0;
-/// Series colours, cycled.
-const COLOURS: [RGBColor; 6] = [
+/// Series colours (matplotlib's tab10), cycled: distinct up to ten series.
+const COLOURS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
     RGBColor(255, 127, 14),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 /// One line on the plot.
@@ -75,11 +79,16 @@ fn spectrum_x(quantile: f64, count: u64) -> f64 {
     }
 }
 
-/// Axis label of `1/(1-p)` as a percentile.
+/// Axis label of `1/(1-p)` as a percentile, with as many decimals as the decade needs
+/// (x = 10^k is 100 - 10^(2-k) %: k - 2 decimals).
 fn percentile_label(x: f64) -> String {
     let percentile = 100.0 * (1.0 - 1.0 / x);
-    let text = format!("{percentile:.4}");
-    let text = text.trim_end_matches('0').trim_end_matches('.');
+    let decimals = std::iter::successors(Some(1_000.0f64), |d| Some(d * 10.0))
+        .take(12)
+        .take_while(|d| *d <= x * 1.001)
+        .count();
+    let text = format!("{percentile:.decimals$}");
+    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { &text };
     format!("{text}%")
 }
 
@@ -155,6 +164,7 @@ mod tests {
         assert_eq!(percentile_label(100.0), "99%");
         assert_eq!(percentile_label(1000.0), "99.9%");
         assert_eq!(percentile_label(10_000.0), "99.99%");
+        assert_eq!(percentile_label(1e8), "99.999999%");
         assert!((spectrum_x(0.99, 5) - 100.0).abs() < 1e-9);
         assert_eq!(spectrum_x(1.0, 5000), 5000.0);
         assert_eq!(spectrum_x(1.0, 0), 1.0);

@@ -128,6 +128,35 @@ pub struct TimestampOffset {
     pub timestamp: i64,
 }
 
+/// The producer fields of one stored batch, for rebuilding idempotent-producer state when a
+/// partition is reopened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSummary {
+    /// Offset of the batch's first record.
+    pub base_offset: i64,
+    /// Offset of its last record relative to `base_offset`.
+    pub last_offset_delta: i32,
+    /// Producer id (non-negative: only idempotent batches are summarised).
+    pub producer_id: i64,
+    /// Producer epoch.
+    pub producer_epoch: i16,
+    /// Sequence of the first record.
+    pub base_sequence: i32,
+}
+
+/// Storage counters of one core, for `/metrics`. Zero for stores without the notion.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Bytes held by the core's logs.
+    pub log_bytes: u64,
+    /// fdatasync calls issued by the core's logs.
+    pub fdatasyncs: u64,
+    /// Reads served from the batch cache.
+    pub cache_hits: u64,
+    /// Reads that went to disk.
+    pub cache_misses: u64,
+}
+
 /// Storage failures, each mapped by the broker to a Kafka error code.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum StorageError {
@@ -238,6 +267,28 @@ pub trait PartitionStore {
         partition: &TopicPartition,
         high_watermark: i64,
     ) -> Result<impl Future<Output = ()> + 'static, StorageError>;
+
+    /// Summaries of the idempotent batches (producer id >= 0) among the last `records_max`
+    /// offsets of the partition, in offset order. Called when a partition is (re)opened, to
+    /// rebuild the idempotence window of each producer; producers silent for longer are forgotten
+    /// (the front-end then accepts their next batch, as Kafka does for expired producer state).
+    /// Implementations may look at fewer offsets to bound the bytes read, never more.
+    fn recent_batches(
+        &self,
+        partition: &TopicPartition,
+        records_max: i64,
+    ) -> impl Future<Output = Result<Vec<BatchSummary>, StorageError>>;
+
+    /// Partitions that failed (I/O error, fsync error) or refused to open (damage), with the
+    /// reason, for `/health`. Such a partition serves nothing; the others are unaffected.
+    fn failed_partitions(&self) -> Vec<(TopicPartition, String)> {
+        Vec::new()
+    }
+
+    /// Counters for `/metrics`.
+    fn storage_stats(&self) -> StorageStats {
+        StorageStats::default()
+    }
 
     /// Orderly shutdown: make everything appended durable and release files. Called once, after
     /// the core stopped serving requests. The in-memory store has nothing to do.

@@ -111,7 +111,14 @@ impl<S: PartitionStore + 'static> Shard<S> {
             .map(|topic| (topic.name.map(|name| name.0.to_string()), topic.topic_id))
             .collect();
         if all {
-            wanted = table.topics.keys().map(|name| (Some(name.clone()), uuid::Uuid::nil())).collect();
+            // Internal topics are listed only when asked for by name (Kafka's admin clients hide
+            // them by default too).
+            wanted = table
+                .topics
+                .keys()
+                .filter(|name| !crate::offsets_topic::is_internal_topic(name))
+                .map(|name| (Some(name.clone()), uuid::Uuid::nil()))
+                .collect();
         }
         let allow_auto = self.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
         let missing: Vec<String> = wanted
@@ -161,6 +168,7 @@ impl<S: PartitionStore + 'static> Shard<S> {
         MetadataResponseTopic::default()
             .with_name(Some(TopicName(text(&topic.name))))
             .with_topic_id(topic.id)
+            .with_is_internal(crate::offsets_topic::is_internal_topic(&topic.name))
             .with_partitions(partitions)
     }
 
@@ -237,6 +245,9 @@ impl<S: PartitionStore + 'static> Shard<S> {
         }
         if table.owner(partition).is_none() {
             return Err((KafkaCode::UnknownTopicOrPartition, "no such topic or partition".into()));
+        }
+        if crate::offsets_topic::is_internal_topic(&partition.topic) {
+            return Err((KafkaCode::InvalidTopic, "internal topics are written by the broker only".into()));
         }
         let bytes = records.unwrap_or_default();
         let headers = parse_batches(&bytes).map_err(|error| (KafkaCode::from(&error), error.to_string()))?;

@@ -7,6 +7,14 @@
 //! it), then delete the partitions. Group requests drive the sans-I/O
 //! [`GroupCoordinator`]; answers that must wait (JoinGroup, SyncGroup) park on a oneshot until a
 //! later request or [`Shard::controller_tick`] releases them.
+//!
+//! # Durability (disk storage only)
+//! Every topic change is written to the metadata file ([`crate::metadata`]) before it is
+//! published or answered; producer ids are handed out from blocks whose end is persisted first,
+//! so no id repeats after a restart; committed offsets are appended to `__consumer_offsets`
+//! ([`crate::offsets_topic`]) before they are applied or acknowledged. At start-up,
+//! [`Shard::controller_restore`] reopens every partition on its owner core and replays the
+//! offsets topic before any listener accepts a client. With memory storage nothing is persisted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -27,10 +35,13 @@ use kafka_protocol::messages::offset_fetch_response::{OffsetFetchResponsePartiti
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
-use crate::backend::{PartitionStore, TopicConfig, TopicPartition};
+use crate::backend::{AppendBatches, PartitionStore, TopicConfig, TopicPartition};
+use crate::batch::parse_batches;
 use crate::errors::KafkaCode;
 use crate::group::{CommittedOffset, GroupCoordinator, GroupReply, JoinRequest, ReplyToken};
-use crate::shard::{CoreReply, CoreRequest, Shard};
+use crate::metadata::{MetadataSnapshot, MetadataStore};
+use crate::offsets_topic::{decode_commits, encode_commits, is_internal_topic, OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITION};
+use crate::shard::{CoreReply, CoreRequest, ProduceItem, ReadItem, Shard};
 use crate::table::{
     config_from_overrides, config_value, validate_topic_name, PartitionTable, TopicMeta,
     TOPIC_CONFIG_KEYS, TOPIC_PARTITIONS_MAX,
@@ -44,6 +55,23 @@ const RESOURCE_TYPE_BROKER: i8 = 4;
 const CONFIG_SOURCE_TOPIC: i8 = 1;
 /// DescribeConfigs source: default.
 const CONFIG_SOURCE_DEFAULT: i8 = 5;
+/// Producer ids reserved per metadata write: the file records the end of the block before any
+/// id of it is handed out.
+pub const PRODUCER_ID_BLOCK: i64 = 1_000;
+/// Bytes read per step when replaying the offsets topic at start-up.
+const OFFSETS_REPLAY_READ_BYTES: usize = 1024 * 1024;
+
+/// What the controller starts from on a node with disk storage (loaded before the executors
+/// start, see [`crate::server::run`]).
+#[derive(Debug, Clone)]
+pub struct RestoredMetadata {
+    /// Where changes are written.
+    pub store: MetadataStore,
+    /// Topics as of the last run (empty on a fresh node).
+    pub table: PartitionTable,
+    /// No producer id at or above this was handed out before.
+    pub producer_id_limit: i64,
+}
 
 /// Controller state, only on core 0.
 pub struct ControllerState {
@@ -52,6 +80,10 @@ pub struct ControllerState {
     group_waiters: HashMap<ReplyToken, oneshot::Sender<GroupReply>>,
     next_token: ReplyToken,
     next_producer_id: i64,
+    /// End of the persisted producer-id block (disk storage only).
+    producer_id_limit: i64,
+    /// The metadata file; `None` with memory storage (nothing persisted).
+    metadata: Option<MetadataStore>,
     admin_lock: Rc<futures::lock::Mutex<()>>,
 }
 
@@ -67,6 +99,8 @@ impl ControllerState {
             group_waiters: HashMap::new(),
             next_token: 0,
             next_producer_id: i64::try_from(now_ms).unwrap_or(0) * 1000,
+            producer_id_limit: 0,
+            metadata: None,
             admin_lock: Rc::new(futures::lock::Mutex::new(())),
         }
     }
@@ -103,18 +137,18 @@ impl<S: PartitionStore + 'static> Shard<S> {
             RequestKind::IncrementalAlterConfigs(request) => {
                 ResponseKind::IncrementalAlterConfigs(self.incremental_alter_configs(request).await)
             }
-            RequestKind::InitProducerId(request) => ResponseKind::InitProducerId(self.init_producer_id(request)),
+            RequestKind::InitProducerId(request) => ResponseKind::InitProducerId(self.init_producer_id(request).await),
             RequestKind::JoinGroup(request) => {
                 ResponseKind::JoinGroup(self.join_group(request, client_id, client_host).await)
             }
             RequestKind::SyncGroup(request) => ResponseKind::SyncGroup(self.sync_group(request).await),
             RequestKind::Heartbeat(request) => ResponseKind::Heartbeat(self.heartbeat(request)),
             RequestKind::LeaveGroup(request) => ResponseKind::LeaveGroup(self.leave_group(request, version)),
-            RequestKind::OffsetCommit(request) => ResponseKind::OffsetCommit(self.offset_commit(request)),
+            RequestKind::OffsetCommit(request) => ResponseKind::OffsetCommit(self.offset_commit(request).await),
             RequestKind::OffsetFetch(request) => ResponseKind::OffsetFetch(self.offset_fetch(request)),
             RequestKind::ListGroups(request) => ResponseKind::ListGroups(self.list_groups(request)),
             RequestKind::DescribeGroups(request) => ResponseKind::DescribeGroups(self.describe_groups(request)),
-            RequestKind::DeleteGroups(request) => ResponseKind::DeleteGroups(self.delete_groups(request)),
+            RequestKind::DeleteGroups(request) => ResponseKind::DeleteGroups(self.delete_groups(request).await),
             other => unreachable!("not a controller request: {other:?}"),
         }
     }
@@ -138,6 +172,174 @@ impl<S: PartitionStore + 'static> Shard<S> {
         self.deliver_group_replies(replies);
     }
 
+    /// Start-up on core 0, before any listener accepts: reopen every partition on its owner core
+    /// (recovering its log and producer state), publish the table, replay committed offsets.
+    /// A partition that refuses to open is logged and reported by `/health`; the rest serve.
+    pub async fn controller_restore(&self, restored: RestoredMetadata) {
+        let table = restored.table;
+        {
+            let mut controller = self.controller();
+            controller.metadata = Some(restored.store);
+            controller.next_producer_id = restored.producer_id_limit;
+            controller.producer_id_limit = restored.producer_id_limit;
+        }
+        for topic in table.topics.values() {
+            if let Err((code, message)) = self.create_on_owners(&topic.name, 0, &topic.owners, &topic.config).await {
+                tracing::error!(topic = %topic.name, ?code, %message, "reopening topic: some partitions are unavailable");
+            }
+        }
+        let topics = table.topics.len();
+        self.controller().table = table.clone();
+        if table.version > 0 {
+            self.publish_table(table).await;
+        }
+        let groups = self.replay_committed_offsets().await;
+        tracing::info!(topics, groups, producer_id_limit = restored.producer_id_limit, "restored metadata");
+    }
+
+    /// Rebuild committed offsets from the offsets topic; returns how many groups have offsets.
+    async fn replay_committed_offsets(&self) -> usize {
+        let partition = TopicPartition::new(OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITION);
+        let Some(owner) = self.controller().table.owner(&partition) else { return 0 };
+        let mut offset = 0;
+        let mut records = 0u64;
+        loop {
+            let read = ReadItem { partition: partition.clone(), offset, max_bytes: OFFSETS_REPLAY_READ_BYTES };
+            let outcome = match self.call(owner, CoreRequest::Read(vec![read])).await {
+                CoreReply::Read(mut results) if results.len() == 1 => results.pop().expect("one result"),
+                other => {
+                    tracing::error!(?other, "replaying committed offsets: owner core did not answer");
+                    break;
+                }
+            };
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(failure) => match failure.offsets {
+                    Some(offsets) if failure.code == KafkaCode::OffsetOutOfRange && offset < offsets.log_start_offset => {
+                        offset = offsets.log_start_offset;
+                        continue;
+                    }
+                    _ => {
+                        tracing::error!(code = ?failure.code, offset, "replaying committed offsets failed: later offsets are not restored");
+                        break;
+                    }
+                },
+            };
+            let decoded = match decode_commits(outcome.records) {
+                Ok(decoded) => decoded,
+                Err(reason) => {
+                    tracing::error!(%reason, offset, "undecodable record in the offsets topic: later offsets are not restored");
+                    break;
+                }
+            };
+            let Some(last) = decoded.last().map(|record| record.log_offset) else { break };
+            let mut controller = self.controller();
+            for record in decoded.into_iter().filter(|record| record.log_offset >= offset) {
+                records += 1;
+                controller.groups.restore_offset(&record.group, record.partition, record.committed);
+            }
+            drop(controller);
+            // Reads return whole batches and always progress; stop at the high watermark.
+            assert!(last >= offset);
+            offset = last + 1;
+            if offset >= outcome.high_watermark {
+                break;
+            }
+        }
+        let groups = self.controller().groups.list().len();
+        tracing::info!(records, groups, "replayed committed offsets");
+        groups
+    }
+
+    /// Write `table` and the producer-id limit to the metadata file. Callers hold the admin lock,
+    /// so writes never interleave and each one carries the latest state.
+    async fn persist_metadata(&self, table: &PartitionTable, producer_id_limit: i64) -> TopicResult {
+        let store = self.controller().metadata.clone();
+        let Some(store) = store else { return Ok(()) };
+        store.write(MetadataSnapshot::from_table(table, producer_id_limit)).await.map_err(|error| {
+            tracing::error!(%error, "writing metadata failed: change refused");
+            (KafkaCode::KafkaStorageError, format!("metadata not saved: {error}"))
+        })
+    }
+
+    /// Add a topic whose partitions do not exist yet: create them on their owners, persist,
+    /// publish. The caller holds the admin lock and has checked that `name` is free.
+    async fn add_topic_locked(&self, mut table: PartitionTable, meta: TopicMeta) -> TopicResult {
+        self.create_on_owners(&meta.name, 0, &meta.owners, &meta.config).await?;
+        let name = meta.name.clone();
+        let owners = meta.owners.clone();
+        table.version += 1;
+        table.topics.insert(name.clone(), meta);
+        let limit = self.controller().producer_id_limit;
+        if let Err(error) = self.persist_metadata(&table, limit).await {
+            self.delete_on_owners(&name, &owners).await;
+            return Err(error);
+        }
+        self.controller().table = table.clone();
+        self.publish_table(table).await;
+        Ok(())
+    }
+
+    /// Delete partitions `0..owners.len()` of `name` on their owner cores.
+    async fn delete_on_owners(&self, name: &str, owners: &[usize]) {
+        let mut by_core: BTreeMap<usize, Vec<TopicPartition>> = BTreeMap::new();
+        for (index, owner) in owners.iter().enumerate() {
+            let partition = i32::try_from(index).expect("partitions bounded");
+            by_core.entry(*owner).or_default().push(TopicPartition::new(name, partition));
+        }
+        let deletes = by_core.into_iter().map(|(core, partitions)| self.call(core, CoreRequest::DeletePartitions(partitions)));
+        futures::future::join_all(deletes).await;
+    }
+
+    /// Create `__consumer_offsets` (one partition on core 0, retention off) if missing.
+    async fn ensure_offsets_topic(&self) -> TopicResult {
+        if self.controller().table.topics.contains_key(OFFSETS_TOPIC) {
+            return Ok(());
+        }
+        let lock = self.controller().admin_lock.clone();
+        let _admin = lock.lock().await;
+        let table = self.controller().table.clone();
+        if table.topics.contains_key(OFFSETS_TOPIC) {
+            return Ok(());
+        }
+        // Retention would drop live offsets: without compaction, keep everything.
+        let mut overrides = BTreeMap::new();
+        overrides.insert("retention.ms".to_string(), "-1".to_string());
+        let config = config_from_overrides(&self.config.topic_defaults, &overrides).expect("valid internal config");
+        let meta = TopicMeta { name: OFFSETS_TOPIC.to_string(), id: uuid::Uuid::new_v4(), owners: vec![0], config, overrides };
+        self.add_topic_locked(table, meta).await?;
+        tracing::info!(topic = OFFSETS_TOPIC, "created the internal offsets topic");
+        Ok(())
+    }
+
+    /// Append `entries` of `group` (`None`: tombstone) to the offsets topic; resolves once durable.
+    /// Nothing to do with memory storage.
+    async fn persist_offsets(&self, group: &str, entries: &[(TopicPartition, Option<CommittedOffset>)]) -> Result<(), KafkaCode> {
+        if entries.is_empty() || self.controller().metadata.is_none() {
+            return Ok(());
+        }
+        // A client sees a retriable error (it commits again); the cause is logged once here.
+        let unavailable = |reason: String| {
+            tracing::error!(group, %reason, "committed offsets not stored");
+            KafkaCode::CoordinatorNotAvailable
+        };
+        self.ensure_offsets_topic().await.map_err(|(_, message)| unavailable(message))?;
+        let now_ms = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(0);
+        let bytes = encode_commits(group, entries, now_ms);
+        let headers = parse_batches(&bytes).map_err(|error| unavailable(format!("encoded batch refused: {error}")))?;
+        let partition = TopicPartition::new(OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITION);
+        let owner = self.controller().table.owner(&partition).ok_or_else(|| unavailable("no offsets partition".into()))?;
+        let item = ProduceItem { partition, batches: AppendBatches { bytes, headers } };
+        match self.call(owner, CoreRequest::Produce(vec![item])).await {
+            CoreReply::Produce(results) => match results.as_slice() {
+                [Ok(_)] => Ok(()),
+                [Err(code)] => Err(unavailable(format!("append failed with {code:?}"))),
+                _ => Err(unavailable("wrong number of append results".into())),
+            },
+            other => Err(unavailable(format!("owner core answered {other:?}"))),
+        }
+    }
+
     async fn publish_table(&self, table: PartitionTable) {
         let table = Arc::new(table);
         let installs = (0..self.cores).map(|core| self.call(core, CoreRequest::InstallTable(table.clone())));
@@ -152,6 +354,9 @@ impl<S: PartitionStore + 'static> Shard<S> {
         validate_only: bool,
     ) -> TopicResult {
         validate_topic_name(name).map_err(|code| (code, format!("invalid topic name {name:?}")))?;
+        if is_internal_topic(name) {
+            return Err((KafkaCode::InvalidRequest, format!("{name} is an internal topic")));
+        }
         if !(1..=TOPIC_PARTITIONS_MAX).contains(&partitions) {
             return Err((KafkaCode::InvalidPartitions, format!("partitions must be 1..={TOPIC_PARTITIONS_MAX}")));
         }
@@ -159,7 +364,7 @@ impl<S: PartitionStore + 'static> Shard<S> {
             .map_err(|code| (code, "unsupported or invalid config".to_string()))?;
         let lock = self.controller().admin_lock.clone();
         let _admin = lock.lock().await;
-        let mut table = self.controller().table.clone();
+        let table = self.controller().table.clone();
         if table.topics.contains_key(name) {
             return Err((KafkaCode::TopicAlreadyExists, format!("topic {name} already exists")));
         }
@@ -167,15 +372,8 @@ impl<S: PartitionStore + 'static> Shard<S> {
             return Ok(());
         }
         let owners: Vec<usize> = (0..partitions).map(|partition| table.assign_owner(name, partition)).collect();
-        self.create_on_owners(name, 0, &owners, &config).await?;
-        table.version += 1;
-        table.topics.insert(
-            name.to_string(),
-            TopicMeta { name: name.to_string(), id: uuid::Uuid::new_v4(), owners, config, overrides },
-        );
-        self.controller().table = table.clone();
-        self.publish_table(table).await;
-        Ok(())
+        let meta = TopicMeta { name: name.to_string(), id: uuid::Uuid::new_v4(), owners, config, overrides };
+        self.add_topic_locked(table, meta).await
     }
 
     /// Create partitions `first..first+owners.len()` of `name` on their owner cores.
@@ -262,17 +460,23 @@ impl<S: PartitionStore + 'static> Shard<S> {
             };
             result.name = Some(TopicName(text(&topic.name)));
             result.topic_id = topic.id;
+            if is_internal_topic(&topic.name) {
+                tracing::warn!(topic = %topic.name, "delete of an internal topic refused");
+                responses.push(result.with_error_code(KafkaCode::InvalidRequest.code()));
+                continue;
+            }
             table.topics.remove(&topic.name);
             table.version += 1;
+            // Persisted before the partitions go: a crash in between leaves orphan directories,
+            // which start-up removes, never a topic whose data is half gone.
+            let limit = self.controller().producer_id_limit;
+            if let Err((code, _)) = self.persist_metadata(&table, limit).await {
+                responses.push(result.with_error_code(code.code()));
+                continue;
+            }
             self.controller().table = table.clone();
             self.publish_table(table).await;
-            let mut by_core: BTreeMap<usize, Vec<TopicPartition>> = BTreeMap::new();
-            for (index, owner) in topic.owners.iter().enumerate() {
-                let partition = i32::try_from(index).expect("partitions bounded");
-                by_core.entry(*owner).or_default().push(TopicPartition::new(topic.name.clone(), partition));
-            }
-            let deletes = by_core.into_iter().map(|(core, partitions)| self.call(core, CoreRequest::DeletePartitions(partitions)));
-            futures::future::join_all(deletes).await;
+            self.delete_on_owners(&topic.name, &topic.owners).await;
             tracing::info!(topic = %topic.name, "deleted topic");
             responses.push(result);
         }
@@ -313,6 +517,9 @@ impl<S: PartitionStore + 'static> Shard<S> {
         let entry = table.topics.get_mut(name).expect("checked");
         entry.owners.extend(added);
         table.version += 1;
+        let limit = self.controller().producer_id_limit;
+        // On failure the new partitions stay on their cores unrouted; start-up removes them.
+        self.persist_metadata(&table, limit).await?;
         self.controller().table = table.clone();
         self.publish_table(table).await;
         tracing::info!(topic = %name, from = current, to = count, "added partitions");
@@ -391,6 +598,8 @@ impl<S: PartitionStore + 'static> Shard<S> {
         topic.config = config.clone();
         let owners = topic.owners.clone();
         table.version += 1;
+        let limit = self.controller().producer_id_limit;
+        self.persist_metadata(&table, limit).await?;
         self.controller().table = table.clone();
         self.publish_table(table).await;
         let mut by_core: BTreeMap<usize, Vec<TopicPartition>> = BTreeMap::new();
@@ -485,7 +694,36 @@ impl<S: PartitionStore + 'static> Shard<S> {
         IncrementalAlterConfigsResponse::default().with_responses(responses)
     }
 
-    fn init_producer_id(&self, request: InitProducerIdRequest) -> InitProducerIdResponse {
+    /// A producer id never handed out before, even across restarts (disk storage): ids come from
+    /// blocks of [`PRODUCER_ID_BLOCK`] whose end is persisted before the first id is used.
+    async fn allocate_producer_id(&self) -> Result<i64, KafkaCode> {
+        let take = |controller: &mut ControllerState| {
+            let fits = controller.metadata.is_none() || controller.next_producer_id < controller.producer_id_limit;
+            fits.then(|| {
+                controller.next_producer_id += 1;
+                controller.next_producer_id - 1
+            })
+        };
+        if let Some(id) = take(&mut self.controller()) {
+            return Ok(id);
+        }
+        let lock = self.controller().admin_lock.clone();
+        let _admin = lock.lock().await;
+        // Another allocation may have persisted a block while we waited.
+        if let Some(id) = take(&mut self.controller()) {
+            return Ok(id);
+        }
+        let (table, limit) = {
+            let controller = self.controller();
+            (controller.table.clone(), controller.producer_id_limit.max(controller.next_producer_id) + PRODUCER_ID_BLOCK)
+        };
+        self.persist_metadata(&table, limit).await.map_err(|_| KafkaCode::CoordinatorNotAvailable)?;
+        let mut controller = self.controller();
+        controller.producer_id_limit = limit;
+        Ok(take(&mut controller).expect("a fresh block has room"))
+    }
+
+    async fn init_producer_id(&self, request: InitProducerIdRequest) -> InitProducerIdResponse {
         if request.transactional_id.is_some() {
             tracing::warn!("InitProducerId with a transactional id: transactions are not supported");
             return InitProducerIdResponse::default()
@@ -493,14 +731,19 @@ impl<S: PartitionStore + 'static> Shard<S> {
                 .with_producer_id(ProducerId(-1))
                 .with_producer_epoch(-1);
         }
-        let mut controller = self.controller();
         // A known producer re-initialising (KIP-360) keeps its id and bumps its epoch.
         let (producer_id, epoch) = if request.producer_id.0 >= 0 && request.producer_epoch >= 0 && request.producer_epoch < i16::MAX {
             (request.producer_id.0, request.producer_epoch + 1)
         } else {
-            let id = controller.next_producer_id;
-            controller.next_producer_id += 1;
-            (id, 0)
+            match self.allocate_producer_id().await {
+                Ok(id) => (id, 0),
+                Err(code) => {
+                    return InitProducerIdResponse::default()
+                        .with_error_code(code.code())
+                        .with_producer_id(ProducerId(-1))
+                        .with_producer_epoch(-1);
+                }
+            }
         };
         InitProducerIdResponse::default().with_producer_id(ProducerId(producer_id)).with_producer_epoch(epoch)
     }
@@ -615,7 +858,7 @@ impl<S: PartitionStore + 'static> Shard<S> {
         )
     }
 
-    fn offset_commit(&self, request: OffsetCommitRequest) -> OffsetCommitResponse {
+    async fn offset_commit(&self, request: OffsetCommitRequest) -> OffsetCommitResponse {
         let table = self.controller().table.clone();
         let mut offsets = Vec::new();
         let mut unknown = Vec::new();
@@ -630,13 +873,28 @@ impl<S: PartitionStore + 'static> Shard<S> {
                 offsets.push((tp, CommittedOffset { offset: partition.committed_offset, metadata }));
             }
         }
-        let code = self.controller().groups.commit(
+        let group = request.group_id.0.to_string();
+        // Check membership and generation first, make the offsets durable, then apply them.
+        let mut code = self.controller().groups.commit(
             Instant::now(),
-            &request.group_id.0,
+            &group,
             request.generation_id_or_member_epoch,
             &request.member_id,
-            offsets,
+            Vec::new(),
         );
+        if code == KafkaCode::None {
+            let entries: Vec<(TopicPartition, Option<CommittedOffset>)> =
+                offsets.into_iter().map(|(tp, committed)| (tp, Some(committed))).collect();
+            match self.persist_offsets(&group, &entries).await {
+                Ok(()) => {
+                    let mut controller = self.controller();
+                    for (tp, committed) in entries {
+                        controller.groups.restore_offset(&group, tp, committed);
+                    }
+                }
+                Err(error) => code = error,
+            }
+        }
         if code != KafkaCode::None {
             tracing::info!(group = %request.group_id.0, ?code, "offset commit refused");
         }
@@ -748,17 +1006,23 @@ impl<S: PartitionStore + 'static> Shard<S> {
         DescribeGroupsResponse::default().with_groups(groups)
     }
 
-    fn delete_groups(&self, request: DeleteGroupsRequest) -> DeleteGroupsResponse {
-        let mut controller = self.controller();
-        let results = request
-            .groups_names
-            .into_iter()
-            .map(|id| {
-                let code = controller.groups.delete(&id.0);
-                tracing::info!(group = %id.0, ?code, "delete group");
-                DeletableGroupResult::default().with_group_id(id).with_error_code(code.code())
-            })
-            .collect();
+    async fn delete_groups(&self, request: DeleteGroupsRequest) -> DeleteGroupsResponse {
+        let mut results = Vec::with_capacity(request.groups_names.len());
+        for id in request.groups_names {
+            let mut code = self.controller().groups.deletable(&id.0);
+            if code == KafkaCode::None {
+                // Tombstones first: a restart must not bring the deleted offsets back.
+                let tombstones: Vec<(TopicPartition, Option<CommittedOffset>)> =
+                    self.controller().groups.committed_all(&id.0).into_iter().map(|(tp, _)| (tp, None)).collect();
+                if let Err(error) = self.persist_offsets(&id.0, &tombstones).await {
+                    code = error;
+                } else {
+                    code = self.controller().groups.delete(&id.0);
+                }
+            }
+            tracing::info!(group = %id.0, ?code, "delete group");
+            results.push(DeletableGroupResult::default().with_group_id(id).with_error_code(code.code()));
+        }
         DeleteGroupsResponse::default().with_results(results)
     }
 }

@@ -22,13 +22,20 @@ use rill_engine::{
 };
 
 use crate::backend::{
-    AppendBatches, AppendOutcome, PartitionOffsets, PartitionStore, ReadOutcome, StorageError,
+    AppendBatches, AppendOutcome, BatchSummary, PartitionOffsets, StorageStats, PartitionStore, ReadOutcome, StorageError,
     TimestampOffset, TopicConfig, TopicPartition,
 };
 use crate::notify::ChangeSignal;
 
 /// How often an append also applies retention, at most.
 const RETENTION_INTERVAL_MS: i64 = 1000;
+/// Most bytes one [`PartitionStore::recent_batches`] scan reads; when the window would need more,
+/// the window is halved (recent batches matter most: they are the ones a producer retries).
+pub const PRODUCER_SCAN_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Bytes asked for per read while scanning.
+const PRODUCER_SCAN_READ_BYTES: usize = 1024 * 1024;
+/// Most times the scan window is halved (2^40 records is beyond any window asked for).
+const PRODUCER_SCAN_HALVINGS_MAX: u32 = 40;
 
 struct DiskPartition {
     log: Rc<PartitionLog<GlommioStorage>>,
@@ -43,6 +50,8 @@ pub struct DiskStore {
     cache: SharedBatchCache,
     clock: Rc<dyn Clock>,
     partitions: RefCell<HashMap<TopicPartition, Rc<DiskPartition>>>,
+    /// Partitions whose log refused to open (interior damage, I/O errors), with the reason.
+    open_failures: RefCell<HashMap<TopicPartition, String>>,
 }
 
 impl DiskStore {
@@ -55,6 +64,7 @@ impl DiskStore {
             cache: BatchCache::shared(cache_bytes),
             clock: Rc::new(SystemClock),
             partitions: RefCell::default(),
+            open_failures: RefCell::default(),
         }
     }
 
@@ -76,14 +86,54 @@ impl DiskStore {
         (bytes, syncs)
     }
 
-    /// Logs that failed (fsync errors) and will not accept appends, with the reason.
+    /// Logs that failed (fsync errors) and will not accept appends, and logs that refused to
+    /// open (fenced by recovery), with the reason.
     pub fn failed_partitions(&self) -> Vec<(TopicPartition, String)> {
         let partitions = self.partitions.borrow();
-        partitions
+        let mut failed: Vec<_> = partitions
             .iter()
             .filter_map(|(tp, p)| p.log.failure().map(|reason| (tp.clone(), reason)))
             .filter(|(_, reason)| reason != "closed")
-            .collect()
+            .collect();
+        failed.extend(self.open_failures.borrow().iter().map(|(tp, reason)| (tp.clone(), reason.clone())));
+        failed.sort();
+        failed
+    }
+
+    /// Idempotent batch summaries from `from` to `end`, or `None` if that takes more than
+    /// [`PRODUCER_SCAN_BYTES_MAX`].
+    async fn scan_batches(
+        &self,
+        partition: &TopicPartition,
+        log: &PartitionLog<GlommioStorage>,
+        from: i64,
+        end: i64,
+    ) -> Result<Option<Vec<BatchSummary>>, StorageError> {
+        let mut summaries = Vec::new();
+        let mut offset = from;
+        let mut bytes_read = 0usize;
+        while offset < end {
+            if bytes_read > PRODUCER_SCAN_BYTES_MAX {
+                return Ok(None);
+            }
+            let batches = log.read(offset, PRODUCER_SCAN_READ_BYTES, end).await.map_err(|e| storage_error(partition, e))?;
+            let Some(last) = batches.last() else { break };
+            offset = last.header.base_offset + i64::from(last.header.last_offset_delta) + 1;
+            for batch in &batches {
+                bytes_read += batch.payload.len();
+                let header = &batch.header;
+                if header.producer_id >= 0 && header.base_offset >= from {
+                    summaries.push(BatchSummary {
+                        base_offset: header.base_offset,
+                        last_offset_delta: header.last_offset_delta,
+                        producer_id: header.producer_id,
+                        producer_epoch: header.producer_epoch,
+                        base_sequence: header.base_sequence,
+                    });
+                }
+            }
+        }
+        Ok(Some(summaries))
     }
 
     /// Flushes and closes every log (orderly shutdown).
@@ -174,9 +224,18 @@ impl PartitionStore for DiskStore {
                 return Err(StorageError::PartitionExists(partition));
             }
             let dir = Self::partition_dir(&self.data_dir, &partition);
-            let log = PartitionLog::open(GlommioStorage, dir, log_config(&config), self.cache.clone(), self.clock.clone())
-                .await
-                .map_err(|e| storage_error(&partition, e))?;
+            let opened = PartitionLog::open(GlommioStorage, dir, log_config(&config), self.cache.clone(), self.clock.clone()).await;
+            let log = match opened {
+                Ok(log) => {
+                    self.open_failures.borrow_mut().remove(&partition);
+                    log
+                }
+                Err(error) => {
+                    // Kept for /health: the partition stays unavailable, the others keep serving.
+                    self.open_failures.borrow_mut().insert(partition.clone(), error.to_string());
+                    return Err(storage_error(&partition, error));
+                }
+            };
             let state = DiskPartition {
                 log: Rc::new(log),
                 signal: ChangeSignal::new(),
@@ -199,6 +258,11 @@ impl PartitionStore for DiskStore {
         let partition = partition.clone();
         async move {
             let removed = self.partitions.borrow_mut().remove(&partition);
+            if removed.is_none() && self.open_failures.borrow_mut().remove(&partition).is_some() {
+                // A log that never opened: its directory stays for an operator to inspect.
+                tracing::warn!(%partition, "deleted a partition whose log had refused to open; its files are kept");
+                return Ok(());
+            }
             let state = removed.ok_or_else(|| StorageError::UnknownPartition(partition.clone()))?;
             state.signal.notify();
             let log = Rc::try_unwrap(state)
@@ -323,6 +387,39 @@ impl PartitionStore for DiskStore {
 
     fn close(&self) -> impl Future<Output = ()> {
         self.close_all()
+    }
+
+    fn recent_batches(
+        &self,
+        partition: &TopicPartition,
+        records_max: i64,
+    ) -> impl Future<Output = Result<Vec<BatchSummary>, StorageError>> {
+        let partition = partition.clone();
+        async move {
+            let state = self.get(&partition)?;
+            let log = &state.log;
+            let end = log.log_end_offset();
+            let mut window = records_max.max(1);
+            for _ in 0..PRODUCER_SCAN_HALVINGS_MAX {
+                let from = end.saturating_sub(window).max(log.log_start_offset());
+                if let Some(summaries) = self.scan_batches(&partition, log, from, end).await? {
+                    return Ok(summaries);
+                }
+                window /= 2;
+            }
+            tracing::warn!(%partition, "producer state scan found no window within its byte budget");
+            Ok(Vec::new())
+        }
+    }
+
+    fn failed_partitions(&self) -> Vec<(TopicPartition, String)> {
+        DiskStore::failed_partitions(self)
+    }
+
+    fn storage_stats(&self) -> StorageStats {
+        let (log_bytes, fdatasyncs) = self.log_totals();
+        let cache = self.cache_stats();
+        StorageStats { log_bytes, fdatasyncs, cache_hits: cache.hits, cache_misses: cache.misses }
     }
 
     fn wait_for_data(

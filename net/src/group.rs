@@ -7,7 +7,10 @@
 //! later one (another member's request, or [`GroupCoordinator::tick`] when a timeout expires).
 //! Nothing here does I/O or reads a clock: `now` is always a parameter, so tests drive time.
 //!
-//! Committed offsets live here in memory; persisting them in an internal topic is not done yet.
+//! Committed offsets live here in memory; the controller makes them durable first by appending
+//! them to the internal `__consumer_offsets` topic (see [`crate::offsets_topic`]): it validates a
+//! commit with [`GroupCoordinator::commit`] and an empty offset list, appends, and only then applies
+//! the offsets with [`GroupCoordinator::restore_offset`], which start-up replay uses too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -614,12 +617,40 @@ impl GroupCoordinator {
 
     /// DeleteGroups for one group: only an empty group can go.
     pub fn delete(&mut self, group_id: &str) -> KafkaCode {
+        let code = self.deletable(group_id);
+        if code == KafkaCode::None {
+            self.groups.remove(group_id);
+        }
+        code
+    }
+
+    /// What [`GroupCoordinator::delete`] would answer, without deleting.
+    pub fn deletable(&self, group_id: &str) -> KafkaCode {
         match self.groups.get(group_id) {
             None => KafkaCode::GroupIdNotFound,
             Some(group) if !group.members.is_empty() => KafkaCode::NonEmptyGroup,
-            Some(_) => {
-                self.groups.remove(group_id);
-                KafkaCode::None
+            Some(_) => KafkaCode::None,
+        }
+    }
+
+    /// Set (or with `None`, forget) a committed offset without any membership check: applies a
+    /// commit that [`GroupCoordinator::commit`] accepted and that is now durable, or replays the
+    /// offsets topic at start-up. A group left with no offsets and no members is forgotten.
+    pub fn restore_offset(&mut self, group_id: &str, partition: TopicPartition, committed: Option<CommittedOffset>) {
+        match committed {
+            Some(committed) => {
+                if !self.groups.contains_key(group_id) && self.groups.len() >= GROUPS_MAX {
+                    tracing::warn!(group = group_id, limit = GROUPS_MAX, "too many groups: committed offset not restored");
+                    return;
+                }
+                self.groups.entry(group_id.to_string()).or_insert_with(Group::new).offsets.insert(partition, committed);
+            }
+            None => {
+                let Some(group) = self.groups.get_mut(group_id) else { return };
+                group.offsets.remove(&partition);
+                if group.offsets.is_empty() && group.members.is_empty() && group.state == GroupState::Empty {
+                    self.groups.remove(group_id);
+                }
             }
         }
     }

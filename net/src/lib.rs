@@ -7,9 +7,11 @@
 //! mesh that carries work to a partition's owner core.
 //!
 //! # What it must never do
-//! Touch files: partitions are reached only through the [`backend::PartitionStore`] seam (the
-//! in-memory [`memory::MemoryStore`] today, the engine's log later). Share mutable state between
-//! cores: cross-core work travels as [`shard::CoreRequest`] messages.
+//! Touch partition files directly: partitions are reached only through the
+//! [`backend::PartitionStore`] seam ([`disk::DiskStore`] on the engine's logs, or the in-memory
+//! [`memory::MemoryStore`]). The one file the front-end owns is the node's metadata file
+//! ([`metadata`]). Share mutable state between cores: cross-core work travels as
+//! [`shard::CoreRequest`] messages.
 //!
 //! # Seams
 //! - [`backend::PartitionStore`]: storage of one core's partitions.
@@ -27,8 +29,10 @@ pub mod errors;
 pub mod frame;
 pub mod group;
 pub mod memory;
+pub mod metadata;
 pub mod metrics;
 pub mod notify;
+pub mod offsets_topic;
 pub mod producer_state;
 pub mod server;
 pub mod shard;

@@ -13,10 +13,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 
 use crate::backend::{
-    AppendBatches, AppendOutcome, PartitionOffsets, PartitionStore, ReadOutcome, StorageError,
+    AppendBatches, AppendOutcome, BatchSummary, PartitionOffsets, PartitionStore, ReadOutcome, StorageError,
     TimestampOffset, TopicConfig, TopicPartition,
 };
-use crate::batch::patch_base_offset;
+use crate::batch::{parse_batches, patch_base_offset};
 use crate::notify::ChangeSignal;
 
 struct StoredBatch {
@@ -282,6 +282,34 @@ impl PartitionStore for MemoryStore {
         std::future::ready(result)
     }
 
+    fn recent_batches(
+        &self,
+        partition: &TopicPartition,
+        records_max: i64,
+    ) -> impl Future<Output = Result<Vec<BatchSummary>, StorageError>> {
+        let partitions = self.partitions.borrow();
+        let result = partitions.get(partition).ok_or_else(|| Self::unknown(partition)).map(|state| {
+            let from = state.log_end_offset.saturating_sub(records_max);
+            let first = state.batches.partition_point(|batch| batch.last_offset < from);
+            state
+                .batches
+                .iter()
+                .skip(first)
+                // Stored batches were validated on append; a parse failure cannot happen.
+                .filter_map(|batch| parse_batches(&batch.bytes).ok().and_then(|headers| headers.first().copied()))
+                .filter(|header| header.is_idempotent())
+                .map(|header| BatchSummary {
+                    base_offset: header.base_offset,
+                    last_offset_delta: header.last_offset_delta,
+                    producer_id: header.producer_id,
+                    producer_epoch: header.producer_epoch,
+                    base_sequence: header.base_sequence,
+                })
+                .collect()
+        });
+        std::future::ready(result)
+    }
+
     fn wait_for_data(
         &self,
         partition: &TopicPartition,
@@ -361,6 +389,25 @@ mod tests {
         assert_eq!(offsets.log_start_offset, 4);
         assert_eq!(offsets.high_watermark, 6);
         assert_eq!(store.used_bytes(), batches(2).bytes.len() as u64);
+    }
+
+    #[test]
+    fn recent_batches_summarise_idempotent_tail() {
+        let store = MemoryStore::new(1 << 20);
+        let tp = TopicPartition::new("t", 0);
+        block_on(store.create_partition(&tp, &TopicConfig::default())).unwrap();
+        block_on(store.append(&tp, batches(4))).unwrap();
+        for sequence in [0, 3, 6] {
+            let bytes = Bytes::from(encode_test_batch(sequence, 9, 3, 100));
+            let headers = parse_batches(&bytes).unwrap();
+            block_on(store.append(&tp, AppendBatches { bytes, headers })).unwrap();
+        }
+        let all = block_on(store.recent_batches(&tp, 1_000)).unwrap();
+        assert_eq!(all.iter().map(|b| (b.base_offset, b.base_sequence)).collect::<Vec<_>>(), vec![(4, 0), (7, 3), (10, 6)]);
+        assert!(all.iter().all(|b| b.producer_id == 9 && b.last_offset_delta == 2));
+        let tail = block_on(store.recent_batches(&tp, 2)).unwrap();
+        assert_eq!(tail.len(), 1);
+        assert_eq!(tail[0].base_offset, 10);
     }
 
     #[test]

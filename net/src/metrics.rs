@@ -63,6 +63,10 @@ pub struct MetricsSnapshot {
     pub connections_open: u64,
     /// Rejected connections.
     pub connections_rejected: u64,
+    /// Storage counters of the core's partitions.
+    pub storage: crate::backend::StorageStats,
+    /// Partitions of the core that failed or refused to open.
+    pub failed_partitions: u64,
 }
 
 impl CoreMetrics {
@@ -88,6 +92,8 @@ impl CoreMetrics {
             mesh_messages_sent: self.mesh_messages_sent.get(),
             connections_open: self.connections_open.get(),
             connections_rejected: self.connections_rejected.get(),
+            storage: crate::backend::StorageStats::default(),
+            failed_partitions: 0,
         }
     }
 }
@@ -106,6 +112,11 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
     let mesh = Family::<Labels, Counter>::default();
     let connections = Family::<Labels, Gauge>::default();
     let rejected = Family::<Labels, Counter>::default();
+    let log_bytes = Family::<Labels, Gauge>::default();
+    let fdatasyncs = Family::<Labels, Counter>::default();
+    let cache_hits = Family::<Labels, Counter>::default();
+    let cache_misses = Family::<Labels, Counter>::default();
+    let failed = Family::<Labels, Gauge>::default();
     for snapshot in snapshots {
         let core = vec![("core".to_string(), snapshot.core.to_string())];
         bytes_in.get_or_create(&core).inc_by(snapshot.bytes_in);
@@ -113,6 +124,11 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
         mesh.get_or_create(&core).inc_by(snapshot.mesh_messages_sent);
         connections.get_or_create(&core).set(i64::try_from(snapshot.connections_open).unwrap_or(i64::MAX));
         rejected.get_or_create(&core).inc_by(snapshot.connections_rejected);
+        log_bytes.get_or_create(&core).set(i64::try_from(snapshot.storage.log_bytes).unwrap_or(i64::MAX));
+        fdatasyncs.get_or_create(&core).inc_by(snapshot.storage.fdatasyncs);
+        cache_hits.get_or_create(&core).inc_by(snapshot.storage.cache_hits);
+        cache_misses.get_or_create(&core).inc_by(snapshot.storage.cache_misses);
+        failed.get_or_create(&core).set(i64::try_from(snapshot.failed_partitions).unwrap_or(i64::MAX));
         for (api, counters) in &snapshot.apis {
             let labels = vec![("api".to_string(), api.to_string())];
             requests.get_or_create(&labels).inc_by(counters.requests);
@@ -138,6 +154,11 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
     registry.register("mesh_messages", "Requests sent to other cores over the mesh", mesh);
     registry.register("connections_open", "Open Kafka connections", connections);
     registry.register("connections_rejected", "Connections closed for bad framing or requests", rejected);
+    registry.register("log_bytes", "Bytes held by the partition logs of each core", log_bytes);
+    registry.register("fdatasyncs", "fdatasync calls issued by the partition logs of each core", fdatasyncs);
+    registry.register("batch_cache_hits", "Reads served from the batch cache", cache_hits);
+    registry.register("batch_cache_misses", "Reads that went to disk", cache_misses);
+    registry.register("failed_partitions", "Partitions that failed or refused to open", failed);
     let partitions_gauge = Gauge::<i64>::default();
     partitions_gauge.set(i64::try_from(partitions).unwrap_or(i64::MAX));
     registry.register("partitions", "Partitions on this node", partitions_gauge);
@@ -159,7 +180,12 @@ mod tests {
         metrics.record_request("Produce", Duration::from_micros(80), false);
         metrics.record_request("Produce", Duration::from_millis(2), true);
         metrics.bytes_in.set(100);
-        let text = render(&[metrics.snapshot(0), metrics.snapshot(1)], 6, 1);
+        let mut second = metrics.snapshot(1);
+        second.storage.fdatasyncs = 12;
+        second.storage.log_bytes = 4096;
+        let text = render(&[metrics.snapshot(0), second], 6, 1);
+        assert!(text.contains("rill_fdatasyncs_total{core=\"1\"} 12"), "{text}");
+        assert!(text.contains("rill_log_bytes{core=\"1\"} 4096"), "{text}");
         assert!(text.contains("rill_requests_total{api=\"Produce\"} 4"), "{text}");
         assert!(text.contains("rill_bytes_in_total{core=\"1\"} 100"), "{text}");
         assert!(text.contains("rill_partitions 6"), "{text}");

@@ -15,6 +15,10 @@ use std::collections::{HashMap, VecDeque};
 /// How many batches per producer per partition are remembered for duplicate detection (Kafka: 5,
 /// matching `max.in.flight.requests.per.connection` for idempotent producers).
 pub const PRODUCER_BATCHES_REMEMBERED: usize = 5;
+/// Offsets at the tail of a reopened partition's log scanned to rebuild producer state. A
+/// producer whose last batch is older is forgotten (its next batch is accepted); retries after a
+/// restart are of the batches in flight at the crash, which lie at the very tail.
+pub const PRODUCER_STATE_SCAN_RECORDS: i64 = 100_000;
 /// Producers remembered per partition before the least recently used one is forgotten.
 pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
 
@@ -55,6 +59,12 @@ pub enum SequenceVerdict {
         /// The current epoch.
         current: i16,
     },
+}
+
+/// Sequence of a batch's last record (wraps at `i32::MAX` as Kafka does).
+pub fn last_sequence(base_sequence: i32, last_offset_delta: i32) -> i32 {
+    let last = i64::from(base_sequence) + i64::from(last_offset_delta);
+    i32::try_from(last % (i64::from(i32::MAX) + 1)).expect("below i32::MAX + 1")
 }
 
 fn next_sequence(sequence: i32) -> i32 {

@@ -20,6 +20,8 @@ use thiserror::Error;
 
 use crate::backend::PartitionStore;
 use crate::codec::decode_request;
+use crate::controller::RestoredMetadata;
+use crate::metadata::{remove_orphan_partitions, MetadataStore};
 use crate::frame::read_frame;
 use crate::disk::DiskStore;
 use crate::memory::MemoryStore;
@@ -57,16 +59,20 @@ pub struct ServerConfig {
 /// Where a core keeps its partitions.
 #[derive(Debug, Clone)]
 pub enum StorageChoice {
-    /// The engine's direct-I/O logs under `data_dir` (the default).
+    /// The engine's direct-I/O logs under `data_dir` (the default), topics and producer-id
+    /// blocks in a metadata file under `metadata_dir`, committed offsets in `__consumer_offsets`.
     Disk {
         /// Root of the partition directories.
         data_dir: std::path::PathBuf,
+        /// Directory of the metadata file.
+        metadata_dir: std::path::PathBuf,
         /// When an append is acknowledged (and what the high watermark means).
         durability: rill_engine::Durability,
         /// Batch cache per core, in bytes.
         cache_bytes_per_core: usize,
     },
-    /// Bounded memory, nothing survives a restart (tests, benchmarks of the front-end).
+    /// Bounded memory, nothing survives a restart: no metadata file, no offsets topic (tests,
+    /// benchmarks of the front-end).
     Memory {
         /// Budget per core, in bytes.
         bytes_max_per_core: u64,
@@ -84,6 +90,9 @@ pub enum ServerError {
         /// glommio's error.
         message: String,
     },
+    /// The metadata file could not be read, or names something we cannot serve.
+    #[error("metadata: {0}")]
+    Metadata(String),
     /// A listener failed to bind.
     #[error("binding {address} on core {core}: {message}")]
     Bind {
@@ -96,9 +105,29 @@ pub enum ServerError {
     },
 }
 
+/// Read the metadata file and remove partition directories it does not name (blocking, before
+/// any executor starts). `None` with memory storage.
+fn load_metadata(config: &ServerConfig) -> Result<Option<RestoredMetadata>, ServerError> {
+    let StorageChoice::Disk { data_dir, metadata_dir, .. } = &config.storage else { return Ok(None) };
+    let store = MetadataStore::new(metadata_dir);
+    let snapshot = store.load(data_dir).map_err(|error| ServerError::Metadata(error.to_string()))?.unwrap_or_default();
+    let table = snapshot
+        .to_table(config.cores, &config.broker.topic_defaults)
+        .map_err(|reason| ServerError::Metadata(format!("{}: {reason}", store.path().display())))?;
+    let removed = remove_orphan_partitions(data_dir, &table).map_err(|error| ServerError::Metadata(error.to_string()))?;
+    for path in removed {
+        tracing::warn!(path = %path.display(), "removed partition data no topic names (unacknowledged creation or interrupted deletion)");
+    }
+    Ok(Some(RestoredMetadata { store, table, producer_id_limit: snapshot.producer_id_limit }))
+}
+
 /// Run the broker until `shutdown` becomes true.
 pub fn run(config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
     assert!(config.cores >= 1);
+    let restored = load_metadata(&config)?;
+    // Start-up bookkeeping only: set by core 0 once partitions are reopened and the table is
+    // published, so no core accepts clients that would find their topics missing.
+    let ready = Arc::new(AtomicBool::new(false));
     let mesh = (config.cores > 1).then(|| MeshBuilder::<Envelope, _>::full(config.cores, MESH_CHANNEL_MESSAGES_MAX));
     // Shutdown bookkeeping only (never touched on the data path): cores whose connections drained.
     let drained_cores = Arc::new(AtomicUsize::new(0));
@@ -108,6 +137,7 @@ pub fn run(config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), Server
         let shutdown = shutdown.clone();
         let mesh = mesh.clone();
         let drained_cores = drained_cores.clone();
+        let start = Startup { ready: ready.clone(), restored: if core == 0 { restored.clone() } else { None } };
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(core)).name(&format!("rill-core-{core}"));
         if config.spin_before_park_us > 0 {
             builder = builder.spin_before_park(Duration::from_micros(config.spin_before_park_us));
@@ -115,13 +145,13 @@ pub fn run(config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), Server
         let handle = builder
             .spawn(move || async move {
                 match config.storage.clone() {
-                    StorageChoice::Disk { data_dir, durability, cache_bytes_per_core } => {
+                    StorageChoice::Disk { data_dir, durability, cache_bytes_per_core, .. } => {
                         let store = DiskStore::new(data_dir, durability, cache_bytes_per_core);
-                        run_core(core, config, shutdown, mesh, drained_cores, store).await
+                        run_core(core, config, shutdown, mesh, drained_cores, start, store).await
                     }
                     StorageChoice::Memory { bytes_max_per_core } => {
                         let store = MemoryStore::new(bytes_max_per_core);
-                        run_core(core, config, shutdown, mesh, drained_cores, store).await
+                        run_core(core, config, shutdown, mesh, drained_cores, start, store).await
                     }
                 }
             })
@@ -141,12 +171,22 @@ pub fn run(config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), Server
     first_error.map_or(Ok(()), Err)
 }
 
+/// What a core needs to know about start-up.
+struct Startup {
+    /// Set by core 0 when metadata is restored.
+    ready: Arc<AtomicBool>,
+    /// For core 0: what to restore.
+    restored: Option<RestoredMetadata>,
+}
+
+#[allow(clippy::too_many_arguments)] // Wiring of one core; each argument is a distinct piece.
 async fn run_core<S: PartitionStore + 'static>(
     core: usize,
     config: ServerConfig,
     shutdown: Arc<AtomicBool>,
     mesh: Option<MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>>,
     drained_cores: Arc<AtomicUsize>,
+    startup: Startup,
     store: S,
 ) -> Result<(), ServerError> {
     let (senders, receivers) = match mesh {
@@ -170,6 +210,17 @@ async fn run_core<S: PartitionStore + 'static>(
                 tracing::debug!(core, peer, "mesh stream closed");
             })
             .detach();
+        }
+    }
+    if core == 0 {
+        if let Some(restored) = startup.restored {
+            shard.controller_restore(restored).await;
+        }
+        startup.ready.store(true, Ordering::SeqCst);
+    } else {
+        // Core 0 reopens partitions on every core through the mesh, which this core serves.
+        while !startup.ready.load(Ordering::SeqCst) && !shutdown.load(Ordering::SeqCst) {
+            glommio::timer::sleep(Duration::from_millis(SHUTDOWN_CHECK_MS)).await;
         }
     }
     let stopping = ChangeSignal::new();
@@ -337,7 +388,7 @@ async fn serve_admin<S: PartitionStore + 'static>(shard: Rc<Shard<S>>, listener:
             let line = String::from_utf8_lossy(&head);
             let path = line.split_whitespace().nth(1).unwrap_or("");
             let (status, body) = match path {
-                "/health" => ("200 OK", "ok\n".to_string()),
+                "/health" => health(&shard).await,
                 "/metrics" => ("200 OK", metrics_text(&shard).await),
                 _ => ("404 Not Found", "not found\n".to_string()),
             };
@@ -350,6 +401,27 @@ async fn serve_admin<S: PartitionStore + 'static>(shard: Rc<Shard<S>>, listener:
         })
         .detach();
     }
+}
+
+/// `200 ok` when every partition serves; `503` listing each failed partition and why.
+async fn health<S: PartitionStore + 'static>(shard: &Shard<S>) -> (&'static str, String) {
+    let calls = (0..shard.cores).map(|core| shard.call(core, CoreRequest::Health));
+    let mut failed = Vec::new();
+    for reply in futures::future::join_all(calls).await {
+        match reply {
+            CoreReply::Health(partitions) => failed.extend(partitions),
+            other => return ("503 Service Unavailable", format!("a core did not answer: {other:?}\n")),
+        }
+    }
+    if failed.is_empty() {
+        return ("200 OK", "ok\n".to_string());
+    }
+    failed.sort();
+    let mut body = format!("{} partition(s) unavailable\n", failed.len());
+    for (partition, reason) in failed {
+        body.push_str(&format!("{partition}: {reason}\n"));
+    }
+    ("503 Service Unavailable", body)
 }
 
 async fn metrics_text<S: PartitionStore + 'static>(shard: &Shard<S>) -> String {

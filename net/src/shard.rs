@@ -28,7 +28,7 @@ use crate::controller::ControllerState;
 use crate::errors::KafkaCode;
 use crate::frame::FrameLimits;
 use crate::metrics::CoreMetrics;
-use crate::producer_state::{ProducerStates, RememberedBatch, SequenceVerdict};
+use crate::producer_state::{ProducerStates, RememberedBatch, SequenceVerdict, PRODUCER_STATE_SCAN_RECORDS};
 use crate::table::PartitionTable;
 
 /// Broker settings every core shares (copied to each core at start).
@@ -155,6 +155,8 @@ pub enum CoreRequest {
     AutoCreateTopics(Vec<String>),
     /// Report this core's counters.
     Metrics,
+    /// Report partitions that failed or refused to open.
+    Health,
 }
 
 /// Answer to a [`CoreRequest`], in the same partition order.
@@ -175,6 +177,8 @@ pub enum CoreReply {
     Done,
     /// Counters of the core.
     Metrics(crate::metrics::MetricsSnapshot),
+    /// Failed partitions of the core, with the reason.
+    Health(Vec<(TopicPartition, String)>),
 }
 
 /// What travels on the mesh.
@@ -327,7 +331,10 @@ impl<S: PartitionStore + 'static> Shard<S> {
             CoreRequest::CreatePartitions { partitions, config } => {
                 let mut codes = Vec::with_capacity(partitions.len());
                 for partition in partitions {
-                    let result = self.store.create_partition(&partition, &config).await;
+                    let mut result = self.store.create_partition(&partition, &config).await;
+                    if result.is_ok() {
+                        result = self.rebuild_producer_state(&partition).await;
+                    }
                     codes.push(self.storage_code(&partition, result.err()));
                 }
                 CoreReply::Codes(codes)
@@ -365,8 +372,38 @@ impl<S: PartitionStore + 'static> Shard<S> {
                 self.controller_auto_create(names).await;
                 CoreReply::Done
             }
-            CoreRequest::Metrics => CoreReply::Metrics(self.metrics.snapshot(self.core)),
+            CoreRequest::Metrics => {
+                let mut snapshot = self.metrics.snapshot(self.core);
+                snapshot.storage = self.store.storage_stats();
+                snapshot.failed_partitions = self.store.failed_partitions().len() as u64;
+                CoreReply::Metrics(snapshot)
+            }
+            CoreRequest::Health => CoreReply::Health(self.store.failed_partitions()),
         }
+    }
+
+    /// Rebuild the idempotence window of every producer of a (re)opened partition from the tail
+    /// of its log, so a producer retrying a batch after a restart gets its original offsets.
+    async fn rebuild_producer_state(&self, partition: &TopicPartition) -> Result<(), StorageError> {
+        let batches = self.store.recent_batches(partition, PRODUCER_STATE_SCAN_RECORDS).await?;
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let mut states = ProducerStates::default();
+        for batch in &batches {
+            assert!(batch.producer_id >= 0);
+            let last_offset = batch.base_offset + i64::from(batch.last_offset_delta);
+            let remembered = RememberedBatch {
+                first_sequence: batch.base_sequence,
+                last_sequence: crate::producer_state::last_sequence(batch.base_sequence, batch.last_offset_delta),
+                base_offset: batch.base_offset,
+                last_offset,
+            };
+            states.record(batch.producer_id, batch.producer_epoch, remembered);
+        }
+        tracing::info!(core = self.core, %partition, batches = batches.len(), "rebuilt producer state from the log");
+        self.producers.borrow_mut().insert(partition.clone(), states);
+        Ok(())
     }
 
     fn storage_code(&self, partition: &TopicPartition, error: Option<StorageError>) -> KafkaCode {

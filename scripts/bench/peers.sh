@@ -42,6 +42,7 @@ systems=${PEERS_ONLY:-"rill rill-memory tansu-sqlite tansu-memory nats-file redi
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=$root/target/bench/peers/$stamp
 mkdir -p "$out"
+printf 'started=%s\ncommit=%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(git rev-parse --short HEAD)" >"$out/meta.txt"
 log() { printf '\n=== %s ===\n' "$*" >&2; }
 
 # Every server we start is recorded here and stopped by its PID on exit.

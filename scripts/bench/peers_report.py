@@ -14,6 +14,8 @@ import sys
 from datetime import datetime, timezone
 
 SECTION = "## Rill and its peers"
+# A rate run that acknowledged less than this share of the offered rate could not keep up.
+SATURATED_SHARE = 0.95
 
 
 def load(path):
@@ -74,6 +76,37 @@ def lat(result, side, key):
     return part["latency"][key] if part else None
 
 
+def targets(results, systems, rate):
+    """The issue's targets, checked against this sitting's single runs (A/B pairs below)."""
+    def tput(s):
+        r = results.get((s, "max"))
+        return r and r["produce"]["records_per_s"]
+
+    def verdict(ok):
+        return "unknown (a run is missing)" if ok is None else ("met" if ok else "**not met**")
+
+    rill, sqlite, memory = tput("rill"), tput("tansu-sqlite"), tput("tansu-memory")
+    lines = ["### Against the issue's targets (single runs of this sitting)\n"]
+    if "tansu-sqlite" in systems:
+        ok = None if not (rill and sqlite) else rill >= 5 * sqlite
+        lines.append(f"- Rill (fsync) throughput at least 5x tansu sqlite's: {ratio(rill, sqlite)}x, {verdict(ok)}.")
+        rp, sp = lat(results.get(("rill", "rate")), "produce", "p99_us"), lat(results.get(("tansu-sqlite", "rate")), "produce", "p99_us")
+        ok = None if not (rp and sp) else rp <= sp / 3
+        lines.append(f"- Rill p99 produce latency at most 1/3 of tansu sqlite's (rate workload): ratio {ratio(rp, sp)}, {verdict(ok)}.")
+    if "tansu-memory" in systems:
+        ok = None if not (rill and memory) else rill >= memory
+        lines.append(f"- Rill (fsync) throughput at least tansu in-memory's: {ratio(rill, memory)}x, {verdict(ok)}.")
+    peers = [s for s in systems if not s.startswith("rill")]
+    r999 = lat(results.get(("rill", "rate")), "e2e", "p999_us")
+    others = {s: lat(results.get((s, "rate")), "e2e", "p999_us") for s in peers}
+    if r999 is not None and all(v is not None for v in others.values()):
+        worse = [s for s, v in others.items() if r999 >= v]
+        lines.append(f"- At {int(float(rate)):,} records/s, Rill's p99.9 end-to-end below every peer's: "
+                     f"{verdict(not worse)}" + (f" (not below {', '.join(worse)})." if worse else "."))
+    lines.append("")
+    return lines
+
+
 def report(args):
     out = args.dir
     systems = args.systems.split()
@@ -84,13 +117,16 @@ def report(args):
             durability[name] = text
     results = {(s, w): load(f"{out}/{s}-{w}.json") for s in systems for w in ("max", "rate")}
     limits = load(f"{out}/limits.json")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # Start time and commit of the sitting, recorded by peers.sh when it began.
+    meta = dict(line.rstrip("\n").split("=", 1) for line in open(f"{out}/meta.txt")) if os.path.exists(f"{out}/meta.txt") else {}
+    commit = meta.get("commit") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    started = meta.get("started") or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cpus = os.cpu_count() or 1
     busy = float(args.load_before.split()[0]) > 0.5 * cpus or float(args.load_after.split()[0]) > 0.5 * cpus
 
     w = []
     w.append(f"{SECTION}\n")
-    w.append(f"Measured {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by `scripts/bench/peers.sh` "
+    w.append(f"Measured {started} by `scripts/bench/peers.sh` "
              f"(commit {commit}) on {machine()}.")
     w.append(f"Load average (1/5/15 min) before: {args.load_before}; after: {args.load_after}.")
     if busy:
@@ -111,13 +147,23 @@ def report(args):
     w.append("### Figures\n")
     w.append("| system | durability | max: records/s | max: MB/s | rate: produce-ack p50 / p99 / p99.9 µs | rate: end-to-end p50 / p99 / p99.9 µs | rate: records/s |")
     w.append("|---|---|---|---|---|---|---|")
+    saturated = []
     for s in systems:
         m, r = results[(s, "max")], results[(s, "rate")]
         pa = " / ".join(fmt(lat(r, "produce", k)) for k in ("p50_us", "p99_us", "p999_us"))
         ee = " / ".join(fmt(lat(r, "e2e", k)) for k in ("p50_us", "p99_us", "p999_us"))
+        achieved = r and r["produce"]["records_per_s"]
+        mark = ""
+        if achieved is not None and achieved < SATURATED_SHARE * float(args.rate):
+            saturated.append(s)
+            mark = " **(saturated)**"
         w.append(f"| {s} | {durability.get(s, '?')} | {fmt(m and m['produce']['records_per_s'])} "
-                 f"| {fmt(m and m['produce']['mb_per_s'], 1)} | {pa} | {ee} | {fmt(r and r['produce']['records_per_s'])} |")
+                 f"| {fmt(m and m['produce']['mb_per_s'], 1)} | {pa} | {ee} | {fmt(achieved)}{mark} |")
     w.append("")
+    if saturated:
+        w.append(f"Saturated: {', '.join(saturated)} acknowledged less than {SATURATED_SHARE:.0%} of the offered "
+                 f"{int(args.rate):,} records/s in the rate workload; their latencies there are queueing delay "
+                 "that grows with the run's length (open loop), not a steady-state latency.\n")
     missing = [f"{s}/{wl}" for (s, wl), v in results.items() if v is None]
     if missing:
         w.append(f"No result (run failed; see the run's .txt in target/bench/peers/): {', '.join(missing)}.\n")
@@ -142,6 +188,8 @@ def report(args):
             cells += [ratio(lat(rr, "e2e", k), lat(pr, "e2e", k)) for k in ("p50_us", "p99_us", "p999_us")]
             w.append(f"| {s} ({durability.get(s, '?')}) | " + " | ".join(cells) + " |")
         w.append("")
+    if "rill" in systems:
+        w.extend(targets(results, systems, args.rate))
     compare = load(f"{out}/compare-rill-tansu-sqlite.json")
     if compare:
         w.append("### A/B pairs: Rill and tansu (sqlite), alternating, workload max\n")
@@ -156,7 +204,9 @@ def report(args):
         w.append("")
     w.append("### Plots\n")
     for name, what in (("all-rate-e2e", "end-to-end latency, open loop"), ("all-rate-produce", "produce-ack latency, open loop"),
-                       ("all-max-produce", "produce-ack latency, closed loop")):
+                       ("all-max-produce", "produce-ack latency, closed loop"),
+                       ("all-max-e2e", "end-to-end latency, closed loop"),
+                       ("compare-rill-tansu-sqlite", "produce-ack latency of the A/B pairs")):
         if os.path.exists(f"{out}/{name}.png"):
             w.append(f"![{what}](bench/peers-{name}.png)")
     w.append("")

@@ -1,5 +1,7 @@
 //! Shared harness for end-to-end tests: start `rill serve` on free ports, wait until it
-//! answers, stop it by PID (SIGTERM, then SIGKILL), and run the Python client scripts.
+//! answers, stop it by PID (SIGTERM, then SIGKILL), restart it on the same ports and data dir
+//! (after SIGTERM or SIGKILL), and run the Python client scripts. Data dirs live under
+//! `target/test-tmp` (O_DIRECT does not work on every /tmp).
 
 #![allow(dead_code)]
 
@@ -32,9 +34,20 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("local addr").port()
 }
 
+/// Where broker data dirs and logs go.
+fn test_tmp() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-tmp");
+    std::fs::create_dir_all(&dir).expect("create target/test-tmp");
+    dir
+}
+
 /// A running broker, stopped on drop.
 pub struct Broker {
     child: Option<Child>,
+    /// Processes started so far (each logs "rill broker listening" once ready).
+    spawns: usize,
+    cores: usize,
+    extra: Vec<String>,
     /// Kafka address.
     pub kafka: SocketAddr,
     /// Admin HTTP address.
@@ -52,19 +65,12 @@ impl Broker {
         for attempt in 0..5 {
             let kafka: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let data_dir = std::env::temp_dir().join(format!("rill-test-{}-{}", std::process::id(), kafka.port()));
+            let data_dir = test_tmp().join(format!("rill-test-{}-{}", std::process::id(), kafka.port()));
             let log_path = data_dir.with_extension("log");
-            let log = std::fs::File::create(&log_path).expect("create broker log");
-            let child = Command::new(rill_bin())
-                .args(["serve", "--cores", &cores.to_string(), "--kafka-listen", &kafka.to_string()])
-                .args(["--admin-listen", &admin.to_string(), "--data-dir", data_dir.to_str().unwrap()])
-                .args(extra)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn rill serve");
-            let mut broker = Broker { child: Some(child), kafka, admin, data_dir, log_path };
+            let _ = std::fs::remove_file(&log_path);
+            let extra = extra.iter().map(|arg| arg.to_string()).collect();
+            let mut broker = Broker { child: None, spawns: 0, cores, extra, kafka, admin, data_dir, log_path };
+            broker.spawn();
             if broker.wait_ready() {
                 return broker;
             }
@@ -74,6 +80,55 @@ impl Broker {
         panic!("broker did not start after 5 attempts");
     }
 
+    fn spawn(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("open broker log");
+        let child = Command::new(rill_bin())
+            .args(["serve", "--cores", &self.cores.to_string(), "--kafka-listen", &self.kafka.to_string()])
+            .args(["--admin-listen", &self.admin.to_string(), "--data-dir", self.data_dir.to_str().unwrap()])
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn rill serve");
+        self.child = Some(child);
+        self.spawns += 1;
+    }
+
+    /// SIGKILL the broker by PID and reap it (a crash: nothing is flushed or closed).
+    pub fn kill(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).status();
+        let _ = child.wait();
+        // The kernel tears a killed process's io_uring down asynchronously; until then its
+        // listening socket still accepts (and later resets) connections. Wait until it is gone
+        // so a restart is not mistaken for ready.
+        let deadline = Instant::now() + BROKER_STOP_TIMEOUT;
+        while Instant::now() < deadline && TcpStream::connect_timeout(&self.kafka, Duration::from_millis(200)).is_ok() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start the broker again on the same ports and data dir (after [`Broker::stop`] or
+    /// [`Broker::kill`]); panics with the log if it does not come up.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the broker first");
+        self.spawn();
+        assert!(self.wait_ready(), "broker did not restart:\n{}", self.log());
+    }
+
+    /// GET a path of the admin HTTP endpoint; the whole response (status line, headers, body).
+    pub fn admin_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(self.admin).expect("connect admin");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    }
+
     fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + BROKER_START_TIMEOUT;
         while Instant::now() < deadline {
@@ -81,7 +136,9 @@ impl Broker {
                 eprintln!("broker exited early: {status}");
                 return false;
             }
-            if TcpStream::connect_timeout(&self.kafka, Duration::from_millis(200)).is_ok() {
+            // Ready means this process logged that it listens (not merely that the port accepts).
+            let listening = self.log().matches("rill broker listening").count() >= self.spawns;
+            if listening && TcpStream::connect_timeout(&self.kafka, Duration::from_millis(200)).is_ok() {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(50));

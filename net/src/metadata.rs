@@ -13,9 +13,15 @@
 //!
 //! # Writes
 //! Every change rewrites the whole file (it is small: topics are bounded by the admin API):
-//! write `metadata.tmp`, fdatasync it, rename it over `metadata.bin`, fsync the directory. A crash
-//! leaves either the old or the new file, never a mix. Writes run on a blocking thread
-//! (`spawn_blocking`): fsync must not stall the core's executor.
+//! write the new version into a staging file, fdatasync it, rename it over `metadata.bin`, fsync
+//! the directory. A crash leaves either the old or the new file, never a mix. Writes run on a
+//! blocking thread (`spawn_blocking`): fsync must not stall the core's executor.
+//!
+//! The staging file is `metadata.spare` when it exists: a file of [`METADATA_SPARE_BYTES`] zeros
+//! written in advance, so overwriting it needs no new blocks. A full disk therefore cannot refuse
+//! a metadata change, in particular the topic deletion that frees space. After each write (and
+//! at start-up) a new spare is made; if the disk is full then, the next write stages in
+//! `metadata.tmp` instead.
 //!
 //! # Reads (start-up only)
 //! | on disk | what we do | why |
@@ -39,8 +45,12 @@ use crate::table::{config_from_overrides, PartitionTable, TopicMeta, TOPIC_PARTI
 
 /// File name of the current metadata.
 pub const METADATA_FILE: &str = "metadata.bin";
-/// File name used while writing a new version.
+/// File name used while writing a new version when no spare is available.
 const METADATA_TEMP_FILE: &str = "metadata.tmp";
+/// Space reserved in advance for the next metadata write.
+const METADATA_SPARE_FILE: &str = "metadata.spare";
+/// Size of the reserved spare, in bytes (metadata of thousands of topics fits).
+pub const METADATA_SPARE_BYTES: usize = 1024 * 1024;
 const METADATA_MAGIC: u32 = u32::from_le_bytes(*b"RILM");
 const METADATA_FORMAT_VERSION: u16 = 1;
 const HEADER_BYTES: usize = 16;
@@ -256,16 +266,51 @@ impl MetadataStore {
     /// Replace the file with `snapshot` atomically and durably (blocking).
     pub fn write_blocking(&self, snapshot: &MetadataSnapshot) -> Result<(), MetadataError> {
         std::fs::create_dir_all(&self.dir).map_err(io_error("create dir", &self.dir))?;
-        let temp = self.dir.join(METADATA_TEMP_FILE);
-        let mut file = std::fs::File::create(&temp).map_err(io_error("create", &temp))?;
-        file.write_all(&snapshot.encode()).map_err(io_error("write", &temp))?;
-        file.sync_data().map_err(io_error("fdatasync", &temp))?;
+        let bytes = snapshot.encode();
+        let spare = self.dir.join(METADATA_SPARE_FILE);
+        let spare_fits = std::fs::metadata(&spare).is_ok_and(|stat| stat.len() >= bytes.len() as u64);
+        let staged = if spare_fits { spare } else { self.dir.join(METADATA_TEMP_FILE) };
+        let mut file = if spare_fits {
+            // Overwrite in place: the spare's blocks are allocated, a full disk cannot refuse.
+            std::fs::OpenOptions::new().write(true).open(&staged).map_err(io_error("open", &staged))?
+        } else {
+            std::fs::File::create(&staged).map_err(io_error("create", &staged))?
+        };
+        file.write_all(&bytes).map_err(io_error("write", &staged))?;
+        file.set_len(bytes.len() as u64).map_err(io_error("truncate", &staged))?;
+        file.sync_data().map_err(io_error("fdatasync", &staged))?;
         drop(file);
         let path = self.path();
-        std::fs::rename(&temp, &path).map_err(io_error("rename", &path))?;
+        std::fs::rename(&staged, &path).map_err(io_error("rename", &path))?;
         // The rename is durable only once the directory entry is.
         let dir = std::fs::File::open(&self.dir).map_err(io_error("open dir", &self.dir))?;
-        dir.sync_all().map_err(io_error("fsync dir", &self.dir))
+        dir.sync_all().map_err(io_error("fsync dir", &self.dir))?;
+        if let Err(error) = self.ensure_spare() {
+            tracing::warn!(%error, "no spare for the next metadata write (disk full?); it will need new space");
+        }
+        Ok(())
+    }
+
+    /// Make sure a spare of [`METADATA_SPARE_BYTES`] exists (blocking). Only a reservation: a
+    /// crash while making it leaves at most a stray `metadata.spare.tmp`.
+    pub fn ensure_spare(&self) -> Result<(), MetadataError> {
+        let spare = self.dir.join(METADATA_SPARE_FILE);
+        if std::fs::metadata(&spare).is_ok_and(|stat| stat.len() >= METADATA_SPARE_BYTES as u64) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).map_err(io_error("create dir", &self.dir))?;
+        let temp = self.dir.join(format!("{METADATA_SPARE_FILE}.tmp"));
+        let made = (|| {
+            let mut file = std::fs::File::create(&temp)?;
+            // Written zeros, not a sparse length: the blocks must really be allocated.
+            file.write_all(&vec![0u8; METADATA_SPARE_BYTES])?;
+            file.sync_data()?;
+            std::fs::rename(&temp, &spare)
+        })();
+        made.map_err(|source| {
+            let _ = std::fs::remove_file(&temp);
+            MetadataError::Io { op: "make spare", path: spare, source }
+        })
     }
 
     /// [`MetadataStore::write_blocking`] on a blocking thread, so the core keeps serving.
@@ -365,6 +410,11 @@ mod tests {
         assert!(matches!(store.load(&partitions), Err(MetadataError::Missing { .. })));
         let table = table();
         store.write_blocking(&MetadataSnapshot::from_table(&table, 10)).unwrap();
+        let spare = dir.path().join("metadata").join(METADATA_SPARE_FILE);
+        assert_eq!(std::fs::metadata(&spare).unwrap().len(), METADATA_SPARE_BYTES as u64);
+        // The second write stages in the spare and makes a new one.
+        store.write_blocking(&MetadataSnapshot::from_table(&table, 10)).unwrap();
+        assert_eq!(std::fs::metadata(&spare).unwrap().len(), METADATA_SPARE_BYTES as u64);
         let loaded = store.load(&partitions).unwrap().unwrap();
         assert_eq!(loaded.producer_id_limit, 10);
         let mut removed = remove_orphan_partitions(&partitions, &table).unwrap();

@@ -115,6 +115,9 @@ fn load_metadata(config: &ServerConfig) -> Result<Option<RestoredMetadata>, Serv
         .to_table(config.cores, &config.broker.topic_defaults)
         .map_err(|reason| ServerError::Metadata(format!("{}: {reason}", store.path().display())))?;
     let removed = remove_orphan_partitions(data_dir, &table).map_err(|error| ServerError::Metadata(error.to_string()))?;
+    if let Err(error) = store.ensure_spare() {
+        tracing::warn!(%error, "no spare for metadata writes (disk full?)");
+    }
     for path in removed {
         tracing::warn!(path = %path.display(), "removed partition data no topic names (unacknowledged creation or interrupted deletion)");
     }

@@ -171,14 +171,18 @@ done
 # Rill and tansu (sqlite) alternately, A B A B, for the throughput ratio on a noisy machine.
 if [ "$pairs" -gt 0 ] && [[ " $systems " == *" rill "* ]] && [[ " $systems " == *" tansu-sqlite "* ]]; then
   log "A/B pairs: rill vs tansu-sqlite"
-  start_system rill "$out/ab-rill" && rill_port=$port && rill_pid=$pid
-  start_system tansu-sqlite "$out/ab-tansu" && tansu_port=$port
-  cmd=("$bench" --brokers "127.0.0.1:$rill_port" --compare "127.0.0.1:$tansu_port" --pairs "$pairs"
-       --label rill --compare-label tansu-sqlite --max --in-flight 10000 --linger-ms 5 "${common[@]}"
-       --name compare-rill-tansu-sqlite)
-  echo "${cmd[*]}" | sed "s#$root/##g" >>"$out/commands.txt"
-  timeout 10m "${cmd[@]}" >"$out/compare.txt" 2>&1 || { echo "FAILED: compare" >&2; tail -5 "$out/compare.txt" >&2; }
-  stop_system; pid=$rill_pid; stop_system
+  if start_system rill "$out/ab-rill"; then
+    rill_port=$port; rill_pid=$pid
+    if start_system tansu-sqlite "$out/ab-tansu"; then
+      cmd=("$bench" --brokers "127.0.0.1:$rill_port" --compare "127.0.0.1:$port" --pairs "$pairs"
+           --label rill --compare-label tansu-sqlite --max --in-flight 10000 --linger-ms 5 "${common[@]}"
+           --name compare-rill-tansu-sqlite)
+      echo "${cmd[*]}" | sed "s#$root/##g" >>"$out/commands.txt"
+      timeout 10m "${cmd[@]}" >"$out/compare.txt" 2>&1 || { echo "FAILED: compare" >&2; tail -5 "$out/compare.txt" >&2; }
+      stop_system
+    fi
+    pid=$rill_pid; stop_system
+  fi
   rm -rf "$out/ab-rill/data" "$out/ab-tansu"/*.db*
 fi
 

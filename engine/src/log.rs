@@ -607,6 +607,23 @@ impl<S: Storage> PartitionLog<S> {
         consensus_index: u64,
         durability: Durability,
     ) -> Result<Vec<AppendResult>, LogError> {
+        let results = self.stage_many(batches, term, consensus_index).await?;
+        let end = results.last().expect("at least one").last_offset + 1;
+        self.wait_durable(end, durability).await?;
+        Ok(results)
+    }
+
+    /// The first half of [`append_many`](Self::append_many): validates, assigns offsets and
+    /// stages the batches, and resolves as soon as their place in the log is fixed. Callers
+    /// that must keep several appends in order (pipelined requests, idempotent producers) stage
+    /// them one after another, then wait for durability concurrently with
+    /// [`wait_durable`](Self::wait_durable), so one group commit covers them all.
+    pub async fn stage_many(
+        &self,
+        batches: Vec<BytesMut>,
+        term: u64,
+        consensus_index: u64,
+    ) -> Result<Vec<AppendResult>, LogError> {
         assert!(!batches.is_empty());
         let mut infos = Vec::with_capacity(batches.len());
         let mut frame_bytes = 0u64;
@@ -631,17 +648,24 @@ impl<S: Storage> PartitionLog<S> {
             .map(|(batch, info)| self.stage(batch, info, term, consensus_index))
             .collect();
         drop(guard);
-        let end = results.last().expect("at least one").last_offset + 1;
-        match durability {
-            Durability::Fsync => self.flush_to(end, true).await?,
-            Durability::Write => self.flush_to(end, false).await?,
-            Durability::Memory => {
-                if self.staged_bytes() > self.config().staged_bytes_max {
-                    self.flush_to(end, false).await?;
-                }
-            }
-        }
         Ok(results)
+    }
+
+    /// The second half of an append: waits until everything below `end_offset` is as durable
+    /// as `durability` asks (written and fdatasync'd for `Fsync`).
+    pub async fn wait_durable(
+        &self,
+        end_offset: i64,
+        durability: Durability,
+    ) -> Result<(), LogError> {
+        match durability {
+            Durability::Fsync => self.flush_to(end_offset, true).await,
+            Durability::Write => self.flush_to(end_offset, false).await,
+            Durability::Memory if self.staged_bytes() > self.config().staged_bytes_max => {
+                self.flush_to(end_offset, false).await
+            }
+            Durability::Memory => Ok(()),
+        }
     }
 
     fn staged_bytes(&self) -> usize {
@@ -688,12 +712,16 @@ impl<S: Storage> PartitionLog<S> {
                         break;
                     }
                     Err(e) if is_enospc(&e) => continue,
-                    Err(e) => return Err(self.fail(format!("fallocate {}: {e}", file.path().display()))),
+                    Err(e) => {
+                        return Err(self.fail(format!("fallocate {}: {e}", file.path().display())))
+                    }
                 }
             }
             let Some(reserved) = reserved else {
                 warn!(dir = %self.dir.display(), need, "no space for the batch; refusing it");
-                return Err(LogError::NoSpace { dir: self.dir.clone() });
+                return Err(LogError::NoSpace {
+                    dir: self.dir.clone(),
+                });
             };
             self.state.borrow_mut().active_mut().allocated = reserved;
         }

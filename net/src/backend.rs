@@ -26,6 +26,10 @@ use thiserror::Error;
 
 use crate::batch::BatchHeader;
 
+/// Resolves once staged batches are durable per the store's durability (see
+/// [`PartitionStore::append_staged`]).
+pub type Durable = std::pin::Pin<Box<dyn Future<Output = Result<(), StorageError>>>>;
+
 /// A topic name and partition index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicPartition {
@@ -222,6 +226,26 @@ pub trait PartitionStore {
         partition: &TopicPartition,
         config: &TopicConfig,
     ) -> impl Future<Output = Result<(), StorageError>>;
+
+    /// [`append`](PartitionStore::append) in two halves: resolves as soon as the batches have
+    /// their offsets and their place in the log is fixed, returning the outcome and a future
+    /// that resolves once they are durable (then waiters are woken, as for `append`). Callers
+    /// that must keep appends in order stage them one after another and await durability
+    /// concurrently, so one group commit covers many requests. The outcome must not be
+    /// acknowledged to a client before the future resolves. The default stages nothing
+    /// separately: it appends, then returns a future that is already done.
+    fn append_staged(
+        &self,
+        partition: &TopicPartition,
+        batches: AppendBatches,
+    ) -> impl Future<Output = Result<(AppendOutcome, Durable), StorageError>> {
+        let append = self.append(partition, batches);
+        async move {
+            let outcome = append.await?;
+            let done: Durable = Box::pin(std::future::ready(Ok(())));
+            Ok((outcome, done))
+        }
+    }
 
     /// Append `batches` atomically (all or none) at the log end: batch *i* gets base offset
     /// `log_end_offset + sum of (last_offset_delta + 1) of batches before it`, patched into its

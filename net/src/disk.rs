@@ -22,7 +22,7 @@ use rill_engine::{
 };
 
 use crate::backend::{
-    AppendBatches, AppendOutcome, BatchSummary, PartitionOffsets, StorageStats, PartitionStore, ReadOutcome, StorageError,
+    AppendBatches, Durable, AppendOutcome, BatchSummary, PartitionOffsets, StorageStats, PartitionStore, ReadOutcome, StorageError,
     TimestampOffset, TopicConfig, TopicPartition,
 };
 use crate::notify::ChangeSignal;
@@ -162,19 +162,25 @@ impl DiskStore {
         }
     }
 
-    async fn maybe_apply_retention(&self, partition: &TopicPartition, state: &DiskPartition) {
+    /// Whether this append should also apply retention (at most every
+    /// `RETENTION_INTERVAL_MS` per partition).
+    fn retention_due(&self, state: &DiskPartition) -> bool {
         let now = self.clock.now_ms();
         if now - state.retention_checked_ms.get() < RETENTION_INTERVAL_MS {
-            return;
+            return false;
         }
         state.retention_checked_ms.set(now);
-        match state.log.apply_retention().await {
-            Ok(outcome) if outcome.segments_deleted > 0 => {
-                tracing::info!(%partition, segments = outcome.segments_deleted, bytes = outcome.bytes_deleted, "retention");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(%partition, error = %e, "retention failed"),
+        true
+    }
+}
+
+async fn apply_retention(partition: &TopicPartition, state: &DiskPartition) {
+    match state.log.apply_retention().await {
+        Ok(outcome) if outcome.segments_deleted > 0 => {
+            tracing::info!(%partition, segments = outcome.segments_deleted, bytes = outcome.bytes_deleted, "retention");
         }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(%partition, error = %e, "retention failed"),
     }
 }
 
@@ -291,6 +297,19 @@ impl PartitionStore for DiskStore {
         partition: &TopicPartition,
         batches: AppendBatches,
     ) -> impl Future<Output = Result<AppendOutcome, StorageError>> {
+        let staged = self.append_staged(partition, batches);
+        async move {
+            let (outcome, durable) = staged.await?;
+            durable.await?;
+            Ok(outcome)
+        }
+    }
+
+    fn append_staged(
+        &self,
+        partition: &TopicPartition,
+        batches: AppendBatches,
+    ) -> impl Future<Output = Result<(AppendOutcome, Durable), StorageError>> {
         let partition = partition.clone();
         async move {
             let state = self.get(&partition)?;
@@ -301,28 +320,36 @@ impl PartitionStore for DiskStore {
                 .collect();
             if parts.is_empty() {
                 let offsets = self.offsets(&partition)?;
-                return Ok(AppendOutcome {
+                let outcome = AppendOutcome {
                     base_offset: offsets.high_watermark,
                     last_offset: offsets.high_watermark - 1,
                     log_append_time_ms: -1,
                     log_start_offset: offsets.log_start_offset,
-                });
+                };
+                let done: Durable = Box::pin(std::future::ready(Ok(())));
+                return Ok((outcome, done));
             }
-            let results = state
-                .log
-                .append_many(parts, 0, 0, self.durability)
-                .await
-                .map_err(|e| storage_error(&partition, e))?;
-            state.signal.notify();
-            self.maybe_apply_retention(&partition, &state).await;
+            let results = state.log.stage_many(parts, 0, 0).await.map_err(|e| storage_error(&partition, e))?;
             let first = results.first().expect("non-empty");
             let last = results.last().expect("non-empty");
-            Ok(AppendOutcome {
+            let outcome = AppendOutcome {
                 base_offset: first.base_offset,
                 last_offset: last.last_offset,
                 log_append_time_ms: -1,
                 log_start_offset: state.log.log_start_offset(),
-            })
+            };
+            let durability = self.durability;
+            let retention_due = self.retention_due(&state);
+            let end = last.last_offset + 1;
+            let durable: Durable = Box::pin(async move {
+                state.log.wait_durable(end, durability).await.map_err(|e| storage_error(&partition, e))?;
+                state.signal.notify();
+                if retention_due {
+                    apply_retention(&partition, &state).await;
+                }
+                Ok(())
+            });
+            Ok((outcome, durable))
         }
     }
 

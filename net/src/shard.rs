@@ -20,8 +20,10 @@ use futures::channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 use kafka_protocol::messages::{RequestKind, ResponseKind};
 
+use rill_engine::sync::LocalMutex;
+
 use crate::backend::{
-    AppendBatches, AppendOutcome, PartitionOffsets, PartitionStore, ReadOutcome, StorageError,
+    AppendBatches, AppendOutcome, Durable, PartitionOffsets, PartitionStore, ReadOutcome, StorageError,
     TopicConfig, TopicPartition,
 };
 use crate::controller::ControllerState;
@@ -223,7 +225,7 @@ pub struct Shard<S: PartitionStore> {
     table: RefCell<Arc<PartitionTable>>,
     producers: RefCell<HashMap<TopicPartition, ProducerStates>>,
     /// Serialises check-append-record of idempotent batches per partition.
-    idempotence_locks: RefCell<HashMap<TopicPartition, Rc<futures::lock::Mutex<()>>>>,
+    idempotence_locks: RefCell<HashMap<TopicPartition, Rc<LocalMutex>>>,
     mesh: Option<Senders<Envelope>>,
     pending: RefCell<HashMap<u64, oneshot::Sender<CoreReply>>>,
     next_request_id: Cell<u64>,
@@ -419,15 +421,17 @@ impl<S: PartitionStore + 'static> Shard<S> {
     async fn produce_one(&self, item: ProduceItem) -> Result<AppendOutcome, KafkaCode> {
         let first = item.batches.headers[0];
         if !first.is_idempotent() {
-            return self.append_logged(&item.partition, item.batches).await;
+            let (outcome, durable) = self.append_logged(&item.partition, item.batches).await?;
+            return Self::when_durable(&item.partition, outcome, durable).await;
         }
         let lock = self
             .idempotence_locks
             .borrow_mut()
             .entry(item.partition.clone())
-            .or_insert_with(|| Rc::new(futures::lock::Mutex::new(())))
+            .or_insert_with(|| Rc::new(LocalMutex::default()))
             .clone();
-        let _serialised = lock.lock().await;
+        // FIFO: pipelined requests of one producer reach the log in the order they arrived.
+        let serialised = lock.lock().await;
         let last = *item.batches.headers.last().expect("at least one batch");
         let verdict = self
             .producers
@@ -460,7 +464,7 @@ impl<S: PartitionStore + 'static> Shard<S> {
                 return Err(KafkaCode::InvalidProducerEpoch);
             }
         }
-        let outcome = self.append_logged(&item.partition, item.batches).await?;
+        let (outcome, durable) = self.append_logged(&item.partition, item.batches).await?;
         let remembered = RememberedBatch {
             first_sequence: first.base_sequence,
             last_sequence: last.last_sequence(),
@@ -469,21 +473,37 @@ impl<S: PartitionStore + 'static> Shard<S> {
         };
         self.producers
             .borrow_mut()
-            .entry(item.partition)
+            .entry(item.partition.clone())
             .or_default()
             .record(first.producer_id, first.producer_epoch, remembered);
-        Ok(outcome)
+        // The sequence is accepted once staged (a retry is a duplicate from here on); the
+        // answer waits for durability outside the lock, so one group commit covers the
+        // producer's pipelined requests. If durability fails the log fails, and the producer
+        // state is rebuilt from the durable log after a restart.
+        drop(serialised);
+        Self::when_durable(&item.partition, outcome, durable).await
     }
 
-    async fn append_logged(&self, partition: &TopicPartition, batches: AppendBatches) -> Result<AppendOutcome, KafkaCode> {
+    /// Stages an append; returns the outcome and the durability future.
+    async fn append_logged(&self, partition: &TopicPartition, batches: AppendBatches) -> Result<(AppendOutcome, Durable), KafkaCode> {
         let bytes = batches.bytes.len() as u64;
-        match self.store.append(partition, batches).await {
-            Ok(outcome) => {
+        match self.store.append_staged(partition, batches).await {
+            Ok(staged) => {
                 self.metrics.bytes_in.set(self.metrics.bytes_in.get() + bytes);
-                Ok(outcome)
+                Ok(staged)
             }
             Err(error) => {
                 tracing::warn!(core = self.core, %partition, %error, "append failed");
+                Err(KafkaCode::from(&error))
+            }
+        }
+    }
+
+    async fn when_durable(partition: &TopicPartition, outcome: AppendOutcome, durable: Durable) -> Result<AppendOutcome, KafkaCode> {
+        match durable.await {
+            Ok(()) => Ok(outcome),
+            Err(error) => {
+                tracing::warn!(%partition, %error, "append not made durable");
                 Err(KafkaCode::from(&error))
             }
         }

@@ -90,7 +90,23 @@ struct ServeArgs {
     durability: Option<String>,
 }
 
+/// A broker keeps every segment of every partition open: lift the soft open-files limit to
+/// the hard one (as Kafka's docs ask operators to), and say so when that is still low.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-files limit"),
+            Err(error) => tracing::warn!(soft, hard, %error, "could not raise the open-files limit"),
+        },
+        Ok((soft, _)) if soft < 65_536 => tracing::warn!(limit = soft, "open-files limit is low for a broker"),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not read the open-files limit"),
+    }
+}
+
 fn serve(args: ServeArgs) -> Result<()> {
+    raise_open_files_limit();
     let file = match &args.config {
         Some(path) => config::FileConfig::load(path)?,
         None => config::FileConfig::default(),

@@ -154,7 +154,10 @@ fn main() {
     let json = std::env::args().any(|a| a == "--json");
     // RILL_BENCH_SPIN_US: let the executor spin this long before parking (glommio's
     // spin_before_park), as a broker core dedicated to its shard may.
-    let spin_us: u64 = std::env::var("RILL_BENCH_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let spin_us: u64 = std::env::var("RILL_BENCH_SPIN_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut builder = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(0));
     if spin_us > 0 {
         builder = builder.spin_before_park(Duration::from_micros(spin_us));

@@ -1294,6 +1294,7 @@ impl<S: Storage> PartitionLog<S> {
     /// Makes `offset` the new log start: whole segments below it are deleted, reads below it
     /// fail. The start is persisted.
     pub async fn truncate_prefix(&self, offset: i64) -> Result<RetentionOutcome, LogError> {
+        self.check_usable()?;
         let offset = offset.min(self.log_end_offset());
         if offset <= self.log_start_offset() {
             return Ok(RetentionOutcome::default());
@@ -1314,6 +1315,7 @@ impl<S: Storage> PartitionLog<S> {
 
     /// Applies time and size retention now; never deletes the active segment.
     pub async fn apply_retention(&self) -> Result<RetentionOutcome, LogError> {
+        self.check_usable()?;
         let now = self.clock.now_ms();
         let doomed: Vec<i64> = {
             let st = self.state.borrow();
@@ -1438,7 +1440,9 @@ impl<S: Storage> PartitionLog<S> {
         let _flush = self.flush_lock.lock().await;
         if self.state.borrow().failed.is_some() {
             self.cache.borrow_mut().remove_log(self.cache_id);
-            return self.check_usable();
+            let result = self.check_usable();
+            self.close_files().await;
+            return result;
         }
         self.flush_once(true).await?;
         let active = *self
@@ -1451,7 +1455,20 @@ impl<S: Storage> PartitionLog<S> {
         self.seal_segment(active).await?;
         self.state.borrow_mut().failed = Some("closed".into());
         self.cache.borrow_mut().remove_log(self.cache_id);
+        self.close_files().await;
         Ok(())
+    }
+
+    /// Closes every segment file no reader still holds (the rest close when dropped).
+    async fn close_files(&self) {
+        let segments = std::mem::take(&mut self.state.borrow_mut().segments);
+        for segment in segments.into_values() {
+            if let Ok(file) = Rc::try_unwrap(segment.file) {
+                if let Err(e) = file.close().await {
+                    warn!(segment = %segment.path.display(), error = %e, "closing segment file");
+                }
+            }
+        }
     }
 
     /// Deletes the whole log directory (topic deletion).
@@ -1459,7 +1476,7 @@ impl<S: Storage> PartitionLog<S> {
         let _stage = self.stage_lock.lock().await;
         let _flush = self.flush_lock.lock().await;
         self.state.borrow_mut().failed = Some("deleted".into());
-        self.state.borrow_mut().segments.clear();
+        self.close_files().await;
         self.cache.borrow_mut().remove_log(self.cache_id);
         self.storage
             .remove_dir_all(&self.dir)

@@ -295,7 +295,11 @@ fn crash_keeps_every_acknowledged_batch() {
                     } else {
                         Durability::Fsync
                     };
-                    let b = batch(1 + i32::try_from(i % 4).unwrap(), 200 + (i * 911) % 9000, T0);
+                    let b = batch(
+                        1 + i32::try_from(i % 4).unwrap(),
+                        200 + (i * 911) % 9000,
+                        T0,
+                    );
                     let r = log.append(b, 1, durability).await.unwrap();
                     if durability == Durability::Fsync {
                         // Everything below is covered too.

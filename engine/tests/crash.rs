@@ -18,8 +18,8 @@ fn read_back(dir: &std::path::Path) -> BTreeMap<i64, u64> {
     let dir = dir.to_path_buf();
     glommio::LocalExecutor::default().run(async move {
         let config = LogConfig {
-            segment_bytes: 256 * 1024,
-            preallocate_bytes: 128 * 1024,
+            segment_bytes: 4 * 1024 * 1024,
+            preallocate_bytes: 1024 * 1024,
             ..LogConfig::default()
         };
         let log = PartitionLog::open(

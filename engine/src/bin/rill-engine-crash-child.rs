@@ -23,8 +23,8 @@ fn main() {
     let appenders: u64 = args[3].parse().expect("appenders");
     glommio::LocalExecutor::default().run(async move {
         let config = LogConfig {
-            segment_bytes: 256 * 1024,
-            preallocate_bytes: 128 * 1024,
+            segment_bytes: 4 * 1024 * 1024,
+            preallocate_bytes: 1024 * 1024,
             ..LogConfig::default()
         };
         let log = PartitionLog::open(
@@ -44,7 +44,8 @@ fn main() {
                 glommio::spawn_local(async move {
                     let mut seed = first_seed + task;
                     loop {
-                        let body = 64 + usize::try_from(seed.wrapping_mul(7919) % 20_000).expect("small");
+                        let body =
+                            64 + usize::try_from(seed.wrapping_mul(7919) % 20_000).expect("small");
                         let batch = rill_engine::testing::kafka_batch_filled(
                             1 + (seed % 5) as i32,
                             body,

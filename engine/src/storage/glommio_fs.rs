@@ -44,7 +44,8 @@ impl IoBuffer for DmaBuffer {
 /// log adds the operation and path itself.
 fn os_error(error: glommio::GlommioError<()>) -> io::Error {
     match error {
-        glommio::GlommioError::IoError(source) | glommio::GlommioError::EnhancedIoError { source, .. } => source,
+        glommio::GlommioError::IoError(source)
+        | glommio::GlommioError::EnhancedIoError { source, .. } => source,
         other => io::Error::from(other),
     }
 }
@@ -149,10 +150,7 @@ impl StorageFile for GlommioFile {
     }
 
     async fn write_at(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
-        self.file
-            .write_rc_at(buf, pos)
-            .await
-            .map_err(os_error)
+        self.file.write_rc_at(buf, pos).await.map_err(os_error)
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
@@ -165,10 +163,7 @@ impl StorageFile for GlommioFile {
     }
 
     async fn preallocate(&self, len: u64) -> io::Result<()> {
-        self.file
-            .pre_allocate(len, false)
-            .await
-            .map_err(os_error)
+        self.file.pre_allocate(len, false).await.map_err(os_error)
     }
 
     async fn truncate(&self, len: u64) -> io::Result<()> {
@@ -181,5 +176,9 @@ impl StorageFile for GlommioFile {
 
     fn path(&self) -> PathBuf {
         self.path.clone()
+    }
+
+    async fn close(self) -> io::Result<()> {
+        self.file.close().await.map_err(os_error)
     }
 }

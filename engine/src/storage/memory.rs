@@ -441,6 +441,10 @@ impl StorageFile for MemFile {
     fn path(&self) -> PathBuf {
         self.path.clone()
     }
+
+    async fn close(self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

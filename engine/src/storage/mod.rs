@@ -91,4 +91,6 @@ pub trait StorageFile: 'static {
     async fn size(&self) -> io::Result<u64>;
     /// The file's path.
     fn path(&self) -> PathBuf;
+    /// Closes the file now (rather than whenever the runtime gets to it after a drop).
+    async fn close(self) -> io::Result<()>;
 }

@@ -146,6 +146,17 @@ impl Broker {
         false
     }
 
+    /// The broker's process id (panics when it is not running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("broker running").id()
+    }
+
+    /// Whether the broker process is still alive.
+    pub fn is_running(&self) -> bool {
+        std::fs::metadata(format!("/proc/{}", self.pid())).is_ok()
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default().contains(") Z ")
+    }
+
     /// Bootstrap string for clients.
     pub fn bootstrap(&self) -> String {
         self.kafka.to_string()

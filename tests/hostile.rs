@@ -1,0 +1,159 @@
+//! Hostile clients against a live broker: while a well-behaved client keeps producing (acks=all),
+//! mutation threads send malformed frames (random bodies, bad sizes, unknown API keys and
+//! versions, truncated frames, corrupted record batches) on fresh connections, and thousands of
+//! idle connections stay open. The broker must survive, keep its memory bounded, and keep serving
+//! the good client without errors. The good client's latency quiet and under attack is printed
+//! as a figure (speed is a benchmark matter, not an assertion).
+
+mod support;
+
+use rand::{Rng, SeedableRng};
+use rill_net::client::{Client, OutgoingRecord};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::Broker;
+
+const ATTACKERS: usize = 3;
+const IDLE_CONNECTIONS: usize = 2000;
+const PHASE: Duration = Duration::from_secs(4);
+/// Resident memory the broker may reach under attack.
+const RSS_BYTES_MAX: u64 = 1 << 30;
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// One malformed frame of a random kind.
+fn malformed(rng: &mut impl Rng) -> Vec<u8> {
+    let body_len = rng.gen_range(0..300usize);
+    let mut body: Vec<u8> = (0..body_len).map(|_| rng.gen()).collect();
+    match rng.gen_range(0..7) {
+        // Random body with a correct size prefix.
+        0 => {}
+        // Plausible header: a real API key with a version far out of range.
+        1 if body.len() >= 8 => {
+            body[0..2].copy_from_slice(&rng.gen_range(0i16..75).to_be_bytes());
+            body[2..4].copy_from_slice(&rng.gen_range(100i16..i16::MAX).to_be_bytes());
+        }
+        // Unknown API key.
+        2 if body.len() >= 8 => body[0..2].copy_from_slice(&rng.gen_range(1000i16..i16::MAX).to_be_bytes()),
+        // Huge announced size, little data.
+        3 => return [i32::MAX.to_be_bytes().to_vec(), body].concat(),
+        // Negative size.
+        4 => return [(-rng.gen_range(1..i32::MAX)).to_be_bytes().to_vec(), body].concat(),
+        // Truncated: announces more than is sent, then the connection closes.
+        5 => {
+            let announced = i32::try_from(body.len() + rng.gen_range(1..1000)).unwrap();
+            return [announced.to_be_bytes().to_vec(), body].concat();
+        }
+        // Produce v9 header with garbage after it (records, CRCs, lengths all wrong).
+        _ if body.len() >= 8 => {
+            body[0..2].copy_from_slice(&0i16.to_be_bytes());
+            body[2..4].copy_from_slice(&9i16.to_be_bytes());
+        }
+        _ => {}
+    }
+    let len = i32::try_from(body.len()).unwrap();
+    [len.to_be_bytes().to_vec(), body].concat()
+}
+
+fn attack(address: String, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut stream) = TcpStream::connect(&address) else { continue };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(20)));
+        for _ in 0..rng.gen_range(1..4) {
+            if stream.write_all(&malformed(&mut rng)).is_err() {
+                break;
+            }
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut sink = [0u8; 4096];
+        let _ = stream.read(&mut sink);
+    }
+}
+
+/// Produces one small batch at a time for `phase`; returns latencies in µs.
+fn good_client(client: &mut Client, phase: Duration, tag: &str) -> Vec<u64> {
+    let mut latencies = Vec::new();
+    let end = Instant::now() + phase;
+    let mut i = 0u64;
+    while Instant::now() < end {
+        let record = OutgoingRecord { key: None, value: Some(format!("{tag}-{i}").into_bytes().into()), headers: Vec::new() };
+        let started = Instant::now();
+        client.produce("good", 0, &[record], -1).expect("the good client must keep working");
+        latencies.push(u64::try_from(started.elapsed().as_micros()).unwrap());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    latencies
+}
+
+fn p99(mut values: Vec<u64>) -> u64 {
+    values.sort_unstable();
+    values[(values.len() * 99 / 100).min(values.len() - 1)]
+}
+
+#[test]
+fn malformed_frames_and_idle_connections_do_not_hurt_a_good_client() {
+    // The test itself holds thousands of sockets.
+    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    let broker = Broker::start(2, &[]);
+    let pid = broker.pid();
+    let mut client = Client::connect(&broker.bootstrap()).unwrap();
+    client.create_topic("good", 1, &[]).unwrap();
+    let quiet = good_client(&mut client, PHASE, "quiet");
+    let rss_before = rss_bytes(pid);
+
+    let mut idle = Vec::new();
+    for _ in 0..IDLE_CONNECTIONS {
+        match TcpStream::connect(broker.bootstrap()) {
+            Ok(stream) => idle.push(stream),
+            Err(error) => panic!("idle connection {} refused: {error}", idle.len()),
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let attackers: Vec<_> = (0..ATTACKERS)
+        .map(|i| {
+            let (address, stop, sent) = (broker.bootstrap(), stop.clone(), sent.clone());
+            std::thread::spawn(move || attack(address, stop, sent, i as u64))
+        })
+        .collect();
+    let under_attack = good_client(&mut client, PHASE, "attack");
+    let rss_peak = rss_bytes(pid);
+    stop.store(true, Ordering::Relaxed);
+    for a in attackers {
+        a.join().unwrap();
+    }
+    // Idle connections are still served after all that.
+    let mut probe = Client::connect(&broker.bootstrap()).unwrap();
+    assert!(probe.partition_count("good").unwrap() == 1);
+    drop(idle);
+    let frames = sent.load(Ordering::Relaxed);
+    let (quiet_p99, attack_p99) = (p99(quiet.clone()), p99(under_attack.clone()));
+    eprintln!(
+        "hostile clients: {frames} malformed frames from {ATTACKERS} threads, {IDLE_CONNECTIONS} idle connections; \
+         good client p99 {quiet_p99} µs quiet, {attack_p99} µs under attack ({:.2}x), {} + {} produces, 0 errors; \
+         broker RSS {} MiB before, {} MiB under attack",
+        attack_p99 as f64 / quiet_p99.max(1) as f64,
+        quiet.len(),
+        under_attack.len(),
+        rss_before >> 20,
+        rss_peak >> 20
+    );
+    assert!(frames > 500, "too few malformed frames ({frames}) to mean anything");
+    assert!(rss_peak < RSS_BYTES_MAX, "broker RSS {} MiB", rss_peak >> 20);
+    assert!(broker.is_running(), "the broker died:\n{}", broker.log());
+}

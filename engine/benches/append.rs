@@ -28,7 +28,13 @@ fn bench_dir(name: &str) -> PathBuf {
 }
 
 fn config() -> LogConfig {
+    // RILL_BENCH_CHUNK_KIB: the staging chunk size (default the log's).
+    let chunk_bytes = std::env::var("RILL_BENCH_CHUNK_KIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(LogConfig::default().chunk_bytes, |kib| kib << 10);
     LogConfig {
+        chunk_bytes,
         segment_bytes: 1 << 30,
         retention_ms: None,
         batch_bytes_max: 2 << 20,

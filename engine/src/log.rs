@@ -79,8 +79,10 @@ impl Default for LogConfig {
             retention_ms: Some(7 * 24 * 3600 * 1000),
             batch_bytes_max: 1024 * 1024 + 12 * 1024,
             index_interval_bytes: 4096,
-            chunk_bytes: 256 * 1024,
-            chunk_pool_max: 32,
+            // 1 MiB writes reach the disk's sequential bandwidth (see docs/BENCHMARKS.md);
+            // memory per appending log: the active chunk plus the pool (docs/decisions.md).
+            chunk_bytes: 1024 * 1024,
+            chunk_pool_max: 4,
             preallocate_bytes: 32 * 1024 * 1024,
             staged_bytes_max: 4 * 1024 * 1024,
         }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use support::Broker;
 
 const ATTACKERS: usize = 3;
-const IDLE_CONNECTIONS: usize = 2000;
+const IDLE_CONNECTIONS: usize = 5000;
 const PHASE: Duration = Duration::from_secs(4);
 /// Resident memory the broker may reach under attack.
 const RSS_BYTES_MAX: u64 = 1 << 30;

@@ -4,6 +4,13 @@
 //! Kafka CRC are real, so every validation path runs as in production.
 
 use crate::envelope::KAFKA_BATCH_HEADER_BYTES;
+use crate::LogConfig;
+
+/// The log settings of the SIGKILL crash test, shared by its child (which appends) and the test
+/// (which reopens): small segments so the test crosses rolls.
+pub fn crash_test_log_config() -> LogConfig {
+    LogConfig { segment_bytes: 4 * 1024 * 1024, preallocate_bytes: 1024 * 1024, ..LogConfig::default() }
+}
 
 /// A valid Kafka RecordBatch v2 with `records` records and `body_len` bytes of record area,
 /// filled with a pattern derived from `seed` (so a reader can check the content).

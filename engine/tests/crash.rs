@@ -5,7 +5,7 @@
 
 use rand::{Rng, SeedableRng};
 use rill_engine::storage::glommio_fs::GlommioStorage;
-use rill_engine::{BatchCache, LogConfig, PartitionLog, SystemClock};
+use rill_engine::{BatchCache, PartitionLog, SystemClock};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -17,11 +17,7 @@ use std::time::{Duration, Instant};
 fn read_back(dir: &std::path::Path) -> BTreeMap<i64, u64> {
     let dir = dir.to_path_buf();
     glommio::LocalExecutor::default().run(async move {
-        let config = LogConfig {
-            segment_bytes: 4 * 1024 * 1024,
-            preallocate_bytes: 1024 * 1024,
-            ..LogConfig::default()
-        };
+        let config = rill_engine::testing::crash_test_log_config();
         let log = PartitionLog::open(
             GlommioStorage,
             dir,

@@ -455,14 +455,7 @@ impl PartitionStore for DiskStore {
         high_watermark: i64,
     ) -> Result<impl Future<Output = ()> + 'static, StorageError> {
         let state = self.get(partition)?;
-        let signal = state.signal.clone();
-        let generation = signal.generation();
-        let already = self.high_watermark(&state.log) > high_watermark;
-        Ok(async move {
-            if !already {
-                signal.changed_since(generation).await;
-            }
-        })
+        Ok(state.signal.wait_unless(self.high_watermark(&state.log) > high_watermark))
     }
 }
 

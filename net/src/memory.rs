@@ -317,14 +317,7 @@ impl PartitionStore for MemoryStore {
     ) -> Result<impl Future<Output = ()> + 'static, StorageError> {
         let partitions = self.partitions.borrow();
         let state = partitions.get(partition).ok_or_else(|| Self::unknown(partition))?;
-        let signal = state.signal.clone();
-        let generation = signal.generation();
-        let already = state.log_end_offset > high_watermark;
-        Ok(async move {
-            if !already {
-                signal.changed_since(generation).await;
-            }
-        })
+        Ok(state.signal.wait_unless(state.log_end_offset > high_watermark))
     }
 }
 

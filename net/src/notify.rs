@@ -45,6 +45,18 @@ impl ChangeSignal {
         }
     }
 
+    /// A `'static` wait for the next change, or none when the caller's condition already holds
+    /// (`satisfied`): the generation is read now, so a change between this call and the first
+    /// poll is not missed.
+    pub fn wait_unless(&self, satisfied: bool) -> impl Future<Output = ()> + 'static {
+        let changed = self.changed_since(self.generation());
+        async move {
+            if !satisfied {
+                changed.await;
+            }
+        }
+    }
+
     /// Resolves once the generation differs from `generation`.
     pub fn changed_since(&self, generation: u64) -> SignalChanged {
         SignalChanged { signal: self.clone(), generation }

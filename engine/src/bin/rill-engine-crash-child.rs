@@ -7,7 +7,7 @@
 
 use bytes::BytesMut;
 use rill_engine::storage::glommio_fs::GlommioStorage;
-use rill_engine::{BatchCache, Durability, LogConfig, PartitionLog, SystemClock};
+use rill_engine::{BatchCache, Durability, PartitionLog, SystemClock};
 use std::io::Write;
 use std::rc::Rc;
 
@@ -22,11 +22,7 @@ fn main() {
     let first_seed: u64 = args[2].parse().expect("seed");
     let appenders: u64 = args[3].parse().expect("appenders");
     glommio::LocalExecutor::default().run(async move {
-        let config = LogConfig {
-            segment_bytes: 4 * 1024 * 1024,
-            preallocate_bytes: 1024 * 1024,
-            ..LogConfig::default()
-        };
+        let config = rill_engine::testing::crash_test_log_config();
         let log = PartitionLog::open(
             GlommioStorage,
             dir,

@@ -42,6 +42,16 @@ pub struct FileConfig {
     pub durability: Option<String>,
     /// Batch cache per core, in MiB.
     pub batch_cache_mib_per_core: Option<u64>,
+    /// Open Kafka connections the node accepts (split evenly over the cores).
+    pub max_connections: Option<usize>,
+    /// Close connections silent this long between requests (Kafka's `connections.max.idle.ms`).
+    pub connections_max_idle_ms: Option<u64>,
+    /// Close connections that take longer than this to send one request, in milliseconds.
+    pub request_read_timeout_ms: Option<u64>,
+    /// Largest request frame, in bytes (Kafka's `socket.request.max.bytes`).
+    pub max_request_bytes: Option<usize>,
+    /// Request bytes each core holds before it stops reading (Kafka's `queued.max.request.bytes`).
+    pub queued_request_mib_per_core: Option<u64>,
 }
 
 impl FileConfig {
@@ -79,7 +89,18 @@ pub struct ServeSettings {
     pub durability: rill_engine::Durability,
     /// Batch cache per core, in MiB.
     pub batch_cache_mib_per_core: u64,
+    /// Open Kafka connections per core.
+    pub connections_per_core_max: usize,
+    /// Idle limit and request deadline.
+    pub frame_timeouts: rill_net::frame::FrameTimeouts,
+    /// Largest request frame, in bytes.
+    pub max_request_bytes: usize,
+    /// Request bytes held per core.
+    pub queued_request_bytes_per_core: u64,
 }
+
+/// Default of `max_connections` (per node).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 
 /// Values given on the command line or in the environment (they win over the file).
 #[derive(Debug, Default, Clone)]
@@ -98,6 +119,8 @@ pub struct Overrides {
     pub storage: Option<String>,
     /// --durability / RILL_DURABILITY.
     pub durability: Option<String>,
+    /// --max-connections / RILL_MAX_CONNECTIONS.
+    pub max_connections: Option<usize>,
 }
 
 fn parse_address(text: &str, what: &str) -> Result<SocketAddr> {
@@ -138,6 +161,26 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<ServeSettings> 
         "memory" => rill_engine::Durability::Memory,
         other => bail!("durability must be `fsync`, `write` or `memory`, got {other:?}"),
     };
+    let max_connections = overrides.max_connections.or(file.max_connections).unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections < cores {
+        bail!("max_connections must allow at least one connection per core ({cores}), got {max_connections}");
+    }
+    let idle_ms = file.connections_max_idle_ms.unwrap_or(rill_net::frame::IDLE_MS_DEFAULT);
+    let complete_ms = file.request_read_timeout_ms.unwrap_or(rill_net::frame::FRAME_COMPLETE_MS_DEFAULT);
+    if idle_ms == 0 || complete_ms == 0 {
+        bail!("connections_max_idle_ms and request_read_timeout_ms must be positive");
+    }
+    let max_request_bytes = file.max_request_bytes.unwrap_or(rill_net::frame::FRAME_BYTES_MAX_DEFAULT);
+    if max_request_bytes < 1024 || max_request_bytes > i32::MAX as usize {
+        bail!("max_request_bytes must be between 1024 and {}, got {max_request_bytes}", i32::MAX);
+    }
+    let queued_request_bytes_per_core = match file.queued_request_mib_per_core {
+        Some(mib) => mib.saturating_mul(1024 * 1024),
+        None => rill_net::shard::REQUEST_BYTES_QUEUED_MAX_PER_CORE_DEFAULT,
+    };
+    if queued_request_bytes_per_core < max_request_bytes as u64 {
+        bail!("queued_request_mib_per_core must hold at least one largest request ({max_request_bytes} bytes)");
+    }
     let default_partitions = file.default_partitions.unwrap_or(1);
     if default_partitions < 1 {
         bail!("default_partitions must be at least 1");
@@ -155,6 +198,13 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<ServeSettings> 
         storage_disk,
         durability,
         batch_cache_mib_per_core: file.batch_cache_mib_per_core.unwrap_or(256),
+        connections_per_core_max: max_connections.div_ceil(cores),
+        frame_timeouts: rill_net::frame::FrameTimeouts {
+            idle: std::time::Duration::from_millis(idle_ms),
+            complete: std::time::Duration::from_millis(complete_ms),
+        },
+        max_request_bytes,
+        queued_request_bytes_per_core,
     })
 }
 
@@ -172,5 +222,12 @@ mod tests {
         assert_eq!(settings.admin_listen.port(), 9644);
         assert_eq!(settings.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+        let limits: FileConfig = toml::from_str("cores = 1\nmax_connections = 10\nconnections_max_idle_ms = 2000\nrequest_read_timeout_ms = 500").unwrap();
+        let settings = resolve(limits, Overrides::default()).unwrap();
+        assert_eq!(settings.connections_per_core_max, 10);
+        assert_eq!(settings.frame_timeouts.idle.as_millis(), 2000);
+        assert_eq!(settings.frame_timeouts.complete.as_millis(), 500);
+        let tiny_queue: FileConfig = toml::from_str("cores = 1\nqueued_request_mib_per_core = 1").unwrap();
+        assert!(resolve(tiny_queue, Overrides::default()).is_err(), "a queue smaller than one request");
     }
 }

@@ -88,6 +88,9 @@ struct ServeArgs {
     /// When appends are acknowledged: `fsync`, `write` or `memory` [default: fsync].
     #[arg(long, env = "RILL_DURABILITY")]
     durability: Option<String>,
+    /// Open Kafka connections accepted by the node; more are closed at accept [default: 20000].
+    #[arg(long, env = "RILL_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
 }
 
 /// A broker keeps every segment of every partition open: lift the soft open-files limit to
@@ -119,6 +122,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         auto_create_topics: args.auto_create_topics,
         storage: args.storage,
         durability: args.durability,
+        max_connections: args.max_connections,
     };
     let settings = config::resolve(file, overrides)?;
     std::fs::create_dir_all(&settings.data_dir)
@@ -131,8 +135,11 @@ fn serve(args: ServeArgs) -> Result<()> {
         auto_create_topics: settings.auto_create_topics,
         default_partitions: settings.default_partitions,
         topic_defaults: TopicConfig::default(),
-        frame_limits: FrameLimits::default(),
+        frame_limits: FrameLimits { frame_bytes_max: settings.max_request_bytes },
         store_bytes_max_per_core: settings.memory_store_mib_per_core * 1024 * 1024,
+        connections_per_core_max: settings.connections_per_core_max,
+        frame_timeouts: settings.frame_timeouts,
+        request_bytes_queued_max_per_core: settings.queued_request_bytes_per_core,
         ..BrokerConfig::default()
     };
     let shutdown = Arc::new(AtomicBool::new(false));

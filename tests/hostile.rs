@@ -157,3 +157,136 @@ fn malformed_frames_and_idle_connections_do_not_hurt_a_good_client() {
     assert!(rss_peak < RSS_BYTES_MAX, "broker RSS {} MiB", rss_peak >> 20);
     assert!(broker.is_running(), "the broker died:\n{}", broker.log());
 }
+
+/// Whether the broker closed `stream` within `within` (EOF or reset), reading whatever it sent.
+fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut sink = [0u8; 1024];
+    while Instant::now() < deadline {
+        stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        match stream.read(&mut sink) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Slow-loris connections (a frame started and trickled, or a size prefix cut short) are closed at
+/// the request deadline; connections beyond the configured limit are closed at accept; idle ones
+/// are closed after the idle limit. A well-behaved client produces throughout without an error,
+/// and a fresh connection is served once the limit has room again.
+#[test]
+fn slow_loris_idle_and_over_limit_connections_are_closed_within_configured_limits() {
+    const LIMIT: usize = 40;
+    const LORIS: usize = 12;
+    let config = support::test_tmp().join(format!("limits-{}.toml", std::process::id()));
+    std::fs::write(&config, format!("max_connections = {LIMIT}\nconnections_max_idle_ms = 3000\nrequest_read_timeout_ms = 1000\n")).unwrap();
+    let broker = Broker::start(1, &["--config", config.to_str().unwrap()]);
+    let mut client = Client::connect(&broker.bootstrap()).unwrap();
+    client.create_topic("good", 1, &[]).unwrap();
+    drop(client);
+
+    // The good client keeps producing on one connection all along (never idle for 3 s).
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = {
+        let (address, stop) = (broker.bootstrap(), stop.clone());
+        std::thread::spawn(move || {
+            let mut client = Client::connect(&address).unwrap();
+            let mut produced = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let record = OutgoingRecord { key: None, value: Some(b"steady".to_vec().into()), headers: Vec::new() };
+                client.produce("good", 0, &[record], -1).expect("the good client must keep working");
+                produced += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            produced
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Slow loris: half announce a 1,000-byte request and send a byte every 150 ms (it would take
+    // 150 s); half send two bytes of a size prefix and stop.
+    let started = Instant::now();
+    let mut loris: Vec<TcpStream> = (0..LORIS)
+        .map(|index| {
+            let mut stream = TcpStream::connect(broker.bootstrap()).unwrap();
+            let prefix = 1000i32.to_be_bytes();
+            let sent = if index % 2 == 0 { &prefix[..] } else { &prefix[..2] };
+            stream.write_all(sent).unwrap();
+            stream
+        })
+        .collect();
+    let trickle_deadline = Instant::now() + Duration::from_secs(4);
+    let mut open = loris.len();
+    let mut closed_after = Vec::new();
+    while open > 0 && Instant::now() < trickle_deadline {
+        open = 0;
+        for (index, stream) in loris.iter_mut().enumerate() {
+            let _ = stream.set_nonblocking(true);
+            let mut byte = [0u8; 1];
+            let gone = match stream.read(&mut byte) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(error) => error.kind() != std::io::ErrorKind::WouldBlock,
+            };
+            if gone {
+                continue;
+            }
+            if index % 2 == 0 && stream.write_all(&[0]).is_err() {
+                continue;
+            }
+            open += 1;
+        }
+        if open < LORIS && closed_after.is_empty() {
+            closed_after.push(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let loris_closed_in = started.elapsed();
+    assert_eq!(open, 0, "{open} slow-loris connections still open after {loris_closed_in:?}");
+    drop(loris);
+
+    // Fill the node up to its limit (the good client holds one), then one more.
+    let idle_opened = Instant::now();
+    let mut idle: Vec<TcpStream> = (0..LIMIT - 1).map(|_| TcpStream::connect(broker.bootstrap()).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut over = TcpStream::connect(broker.bootstrap()).unwrap();
+    assert!(closed_within(&mut over, Duration::from_secs(2)), "a connection over the limit was not closed");
+    assert!(!closed_within(&mut idle[0], Duration::from_millis(200)), "a connection within the limit was closed");
+    // Idle past 3 s: closed, and not much earlier.
+    for stream in &mut idle {
+        assert!(closed_within(stream, Duration::from_secs(6)), "an idle connection outlived the idle limit");
+    }
+    let idle_closed_in = idle_opened.elapsed();
+    assert!(idle_closed_in > Duration::from_millis(2500), "idle connections closed early, after {idle_closed_in:?}");
+    // Room again: a fresh client is served.
+    let mut fresh = Client::connect(&broker.bootstrap()).unwrap();
+    assert_eq!(fresh.partition_count("good").unwrap(), 1);
+    drop(fresh);
+    stop.store(true, Ordering::Relaxed);
+    let produced = good.join().expect("the good client failed");
+    let metrics = broker.admin_get("/metrics");
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| line.split_whitespace().last()?.parse::<u64>().ok())
+            .sum()
+    };
+    let (refused, timed_out) = (counter("rill_connections_refused_total"), counter("rill_connections_timed_out_total"));
+    eprintln!(
+        "connection limits: {LORIS} slow-loris connections (request deadline 1 s) all closed within {loris_closed_in:?}; \
+         connection {} of limit {LIMIT} refused; {} idle connections all closed {idle_closed_in:?} after \
+         they were opened (idle limit 3 s); broker counted {refused} refused, {timed_out} timed out; the good client produced {produced} \
+         times without an error",
+        LIMIT + 1,
+        idle.len(),
+    );
+    assert!(refused >= 1, "refusal not counted:\n{metrics}");
+    assert!(timed_out >= (LORIS + LIMIT - 1) as u64, "timeouts not counted ({timed_out}):\n{metrics}");
+    assert!(produced > 50);
+    assert!(broker.is_running(), "the broker died:\n{}", broker.log());
+}

@@ -3,6 +3,14 @@
 //! The size is checked against [`FrameLimits::frame_bytes_max`] before any buffer is allocated, so a
 //! hostile prefix cannot make us reserve gigabytes. A bad prefix is a [`FrameError`]; the caller
 //! closes the connection (there is no way to resynchronise a byte stream with broken framing).
+//!
+//! [`read_frame_timed`] adds the two clocks a broker needs against slow or silent peers: an idle
+//! limit between frames and a deadline for completing a frame once its first byte arrived (a
+//! slow-loris client trickling one byte at a time hits the second). The body buffer grows as bytes
+//! arrive, so an announced size costs memory only once it is actually sent.
+
+use std::future::Future;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncReadExt};
@@ -14,6 +22,27 @@ pub const FRAME_PREFIX_BYTES: usize = 4;
 pub const REQUEST_FRAME_BYTES_MIN: usize = 8;
 /// Default largest request frame, as Kafka's `socket.request.max.bytes` (100 MiB).
 pub const FRAME_BYTES_MAX_DEFAULT: usize = 100 * 1024 * 1024;
+/// Default idle limit between requests, as Kafka's `connections.max.idle.ms` (10 minutes).
+pub const IDLE_MS_DEFAULT: u64 = 600_000;
+/// Default time a client gets to send a whole request once it started one, in milliseconds.
+pub const FRAME_COMPLETE_MS_DEFAULT: u64 = 30_000;
+/// Largest step by which a frame's body buffer grows while its bytes arrive.
+pub const BODY_GROWTH_BYTES_MAX: usize = 1024 * 1024;
+
+/// How long a peer may stay silent, and how long it may take over one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameTimeouts {
+    /// Longest silence before the first byte of a frame.
+    pub idle: Duration,
+    /// Longest time from a frame's first byte to its last.
+    pub complete: Duration,
+}
+
+impl Default for FrameTimeouts {
+    fn default() -> Self {
+        Self { idle: Duration::from_millis(IDLE_MS_DEFAULT), complete: Duration::from_millis(FRAME_COMPLETE_MS_DEFAULT) }
+    }
+}
 
 /// Limits applied while reading frames.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +78,19 @@ pub enum FrameError {
         /// Bytes announced.
         expected: usize,
     },
+    /// No frame started within the idle limit.
+    #[error("idle for {0:?} between requests")]
+    Idle(Duration),
+    /// A frame was started but not completed within the deadline (a slow or stalled sender).
+    #[error("request not completed within {limit:?}: {read} of {expected} bytes received")]
+    TooSlow {
+        /// The deadline.
+        limit: Duration,
+        /// Bytes received, prefix included.
+        read: usize,
+        /// Bytes announced, prefix included (0 while the prefix itself is incomplete).
+        expected: usize,
+    },
     /// Socket error.
     #[error("socket error reading frame: {0}")]
     Io(#[from] std::io::Error),
@@ -69,35 +111,127 @@ pub fn frame_size(prefix: [u8; FRAME_PREFIX_BYTES], limits: FrameLimits) -> Resu
     Ok(size)
 }
 
-/// Read one frame. `Ok(None)` when the peer closed the connection cleanly between frames.
+/// Read one frame with no clock. `Ok(None)` when the peer closed the connection cleanly between
+/// frames.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     limits: FrameLimits,
 ) -> Result<Option<Bytes>, FrameError> {
     let mut prefix = [0u8; FRAME_PREFIX_BYTES];
-    let mut filled = 0;
+    let read = reader.read(&mut prefix).await?;
+    if read == 0 {
+        return Ok(None);
+    }
+    let mut progress = Progress::default();
+    let size = finish_prefix(reader, limits, prefix, read, &mut progress).await?;
+    read_body(reader, size, &mut progress).await.map(Some)
+}
+
+/// Read one frame under `timeouts`, with `sleep` as the runtime's timer. Once the size is known
+/// and valid, `admit(size)` runs before any body byte is read or buffered: the caller's memory
+/// budget waits there (untimed: the wait is the broker's, not the peer's), and its result comes
+/// back with the frame. `Ok(None)` when the peer closed the connection cleanly between frames.
+pub async fn read_frame_timed<R, S, F, A, AF, P>(
+    reader: &mut R,
+    limits: FrameLimits,
+    timeouts: FrameTimeouts,
+    sleep: S,
+    admit: A,
+) -> Result<Option<(Bytes, P)>, FrameError>
+where
+    R: AsyncRead + Unpin,
+    S: Fn(Duration) -> F,
+    F: Future<Output = ()>,
+    A: FnOnce(usize) -> AF,
+    AF: Future<Output = P>,
+{
+    let mut prefix = [0u8; FRAME_PREFIX_BYTES];
+    let first = futures_lite::future::or(async { Some(reader.read(&mut prefix).await) }, async {
+        sleep(timeouts.idle).await;
+        None
+    })
+    .await;
+    let read = match first {
+        None => return Err(FrameError::Idle(timeouts.idle)),
+        Some(read) => read?,
+    };
+    if read == 0 {
+        return Ok(None);
+    }
+    let mut progress = Progress::default();
+    let too_slow = |progress: &Progress| FrameError::TooSlow {
+        limit: timeouts.complete,
+        read: progress.read,
+        expected: progress.expected,
+    };
+    let size = futures_lite::future::or(async { Some(finish_prefix(reader, limits, prefix, read, &mut progress).await) }, async {
+        sleep(timeouts.complete).await;
+        None
+    })
+    .await;
+    let size = match size {
+        Some(size) => size?,
+        None => return Err(too_slow(&progress)),
+    };
+    let admitted = admit(size).await;
+    let body = futures_lite::future::or(async { Some(read_body(reader, size, &mut progress).await) }, async {
+        sleep(timeouts.complete).await;
+        None
+    })
+    .await;
+    match body {
+        Some(body) => Ok(Some((body?, admitted))),
+        None => Err(too_slow(&progress)),
+    }
+}
+
+/// How far a frame got, for the error of one that missed its deadline.
+#[derive(Debug, Default)]
+struct Progress {
+    read: usize,
+    expected: usize,
+}
+
+/// Finish a size prefix whose first `filled` bytes are in `prefix`, and check it.
+async fn finish_prefix<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limits: FrameLimits,
+    mut prefix: [u8; FRAME_PREFIX_BYTES],
+    mut filled: usize,
+    progress: &mut Progress,
+) -> Result<usize, FrameError> {
+    progress.read = filled;
     while filled < FRAME_PREFIX_BYTES {
         let read = reader.read(&mut prefix[filled..]).await?;
         if read == 0 {
-            if filled == 0 {
-                return Ok(None);
-            }
             return Err(FrameError::Truncated { read: filled, expected: FRAME_PREFIX_BYTES });
         }
         filled += read;
+        progress.read = filled;
     }
     let size = frame_size(prefix, limits)?;
-    // Allocation happens only after the size passed the limit check above.
-    let mut body = vec![0u8; size];
+    progress.expected = FRAME_PREFIX_BYTES + size;
+    Ok(size)
+}
+
+/// Read a body of `size` checked bytes. The buffer grows only as bytes arrive, so an announced
+/// but unsent body costs nothing.
+async fn read_body<R: AsyncRead + Unpin>(reader: &mut R, size: usize, progress: &mut Progress) -> Result<Bytes, FrameError> {
+    let mut body = vec![0u8; size.min(BODY_GROWTH_BYTES_MAX)];
     let mut filled = 0;
     while filled < size {
+        if filled == body.len() {
+            let grown = (body.len() * 2).min(body.len() + BODY_GROWTH_BYTES_MAX).min(size);
+            body.resize(grown, 0);
+        }
         let read = reader.read(&mut body[filled..]).await?;
         if read == 0 {
             return Err(FrameError::Truncated { read: filled, expected: size });
         }
         filled += read;
+        progress.read = FRAME_PREFIX_BYTES + filled;
     }
-    Ok(Some(Bytes::from(body)))
+    Ok(Bytes::from(body))
 }
 
 /// Prefix `body` with its size.
@@ -140,5 +274,105 @@ mod tests {
             futures_lite::future::block_on(read_frame(&mut cut, limits)),
             Err(FrameError::Truncated { .. })
         ));
+    }
+
+    /// A reader that yields `bytes` one at a time, each after `pause` (a slow-loris peer), on a
+    /// plain thread clock so the test needs no runtime.
+    struct Trickle {
+        bytes: Vec<u8>,
+        sent: usize,
+        pause: Duration,
+        waited: bool,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            context: &mut std::task::Context<'_>,
+            buffer: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            if self.sent == self.bytes.len() || buffer.is_empty() {
+                return std::task::Poll::Ready(Ok(0));
+            }
+            // Every byte is "in flight" for one poll, as on a socket, so the deadline gets a look.
+            if !self.waited {
+                self.waited = true;
+                context.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
+            self.waited = false;
+            std::thread::sleep(self.pause);
+            buffer[0] = self.bytes[self.sent];
+            self.sent += 1;
+            std::task::Poll::Ready(Ok(1))
+        }
+    }
+
+    fn thread_sleep(_: Duration) -> std::future::Pending<()> {
+        std::future::pending()
+    }
+
+    fn admit_any(size: usize) -> std::future::Ready<usize> {
+        std::future::ready(size)
+    }
+
+    #[test]
+    fn timed_reads_complete_frames_and_grow_buffers() {
+        let body: Vec<u8> = (0..3 * BODY_GROWTH_BYTES_MAX + 7).map(|index| index as u8).collect();
+        let mut reader = futures_lite::io::Cursor::new(frame_bytes(&body).to_vec());
+        let limits = FrameLimits::default();
+        let frame = futures_lite::future::block_on(read_frame_timed(&mut reader, limits, FrameTimeouts::default(), thread_sleep, admit_any));
+        let (frame, admitted) = frame.unwrap().unwrap();
+        assert_eq!(frame, body);
+        assert_eq!(admitted, body.len());
+        let end = futures_lite::future::block_on(read_frame_timed(&mut reader, limits, FrameTimeouts::default(), thread_sleep, admit_any));
+        assert!(end.unwrap().is_none());
+    }
+
+    #[test]
+    fn a_trickling_frame_misses_its_deadline_and_silence_is_idle() {
+        let timeouts = FrameTimeouts { idle: Duration::from_millis(20), complete: Duration::from_millis(20) };
+        // The timer fires after its duration; the reader hands out a byte every 2 ms, so the
+        // 68-byte frame would need ~136 ms.
+        let deadline_sleep = |limit: Duration| {
+            let started = std::time::Instant::now();
+            futures_lite::future::poll_fn(move |context| {
+                if started.elapsed() >= limit {
+                    std::task::Poll::Ready(())
+                } else {
+                    context.waker().wake_by_ref();
+                    std::task::Poll::Pending
+                }
+            })
+        };
+        let mut slow = Trickle { bytes: frame_bytes(&[7; 64]).to_vec(), sent: 0, pause: Duration::from_millis(2), waited: false };
+        let result = futures_lite::future::block_on(read_frame_timed(&mut slow, FrameLimits::default(), timeouts, deadline_sleep, admit_any));
+        match result {
+            Err(FrameError::TooSlow { read, expected, .. }) => {
+                assert!(read > 0 && read < expected, "read {read} of {expected}");
+                assert_eq!(expected, 68);
+            }
+            other => panic!("expected TooSlow, got {other:?}"),
+        }
+        let mut silent = futures_lite::io::Cursor::new(Vec::new());
+        // An empty cursor reads 0 (a clean close), which is not idleness.
+        let closed = futures_lite::future::block_on(read_frame_timed(&mut silent, FrameLimits::default(), timeouts, deadline_sleep, admit_any));
+        assert!(closed.unwrap().is_none());
+        let mut never = futures_lite::io::BufReader::new(Stalled);
+        let idle = futures_lite::future::block_on(read_frame_timed(&mut never, FrameLimits::default(), timeouts, deadline_sleep, admit_any));
+        assert!(matches!(idle, Err(FrameError::Idle(_))), "{idle:?}");
+    }
+
+    /// A peer that never sends.
+    struct Stalled;
+
+    impl AsyncRead for Stalled {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Pending
+        }
     }
 }

@@ -44,6 +44,10 @@ pub struct CoreMetrics {
     pub connections_open: Cell<u64>,
     /// Connections closed for bad framing or undecodable requests.
     pub connections_rejected: Cell<u64>,
+    /// Connections refused at accept because the core was at its connection limit.
+    pub connections_refused: Cell<u64>,
+    /// Connections closed for idling past the limit or missing a request's deadline.
+    pub connections_timed_out: Cell<u64>,
 }
 
 /// A copy of one core's counters that can cross cores.
@@ -63,6 +67,10 @@ pub struct MetricsSnapshot {
     pub connections_open: u64,
     /// Rejected connections.
     pub connections_rejected: u64,
+    /// Refused connections.
+    pub connections_refused: u64,
+    /// Timed-out connections.
+    pub connections_timed_out: u64,
     /// Storage counters of the core's partitions.
     pub storage: crate::backend::StorageStats,
     /// Partitions of the core that failed or refused to open.
@@ -92,6 +100,8 @@ impl CoreMetrics {
             mesh_messages_sent: self.mesh_messages_sent.get(),
             connections_open: self.connections_open.get(),
             connections_rejected: self.connections_rejected.get(),
+            connections_refused: self.connections_refused.get(),
+            connections_timed_out: self.connections_timed_out.get(),
             storage: crate::backend::StorageStats::default(),
             failed_partitions: 0,
         }
@@ -112,6 +122,8 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
     let mesh = Family::<Labels, Counter>::default();
     let connections = Family::<Labels, Gauge>::default();
     let rejected = Family::<Labels, Counter>::default();
+    let refused = Family::<Labels, Counter>::default();
+    let timed_out = Family::<Labels, Counter>::default();
     let log_bytes = Family::<Labels, Gauge>::default();
     let fdatasyncs = Family::<Labels, Counter>::default();
     let cache_hits = Family::<Labels, Counter>::default();
@@ -124,6 +136,8 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
         mesh.get_or_create(&core).inc_by(snapshot.mesh_messages_sent);
         connections.get_or_create(&core).set(i64::try_from(snapshot.connections_open).unwrap_or(i64::MAX));
         rejected.get_or_create(&core).inc_by(snapshot.connections_rejected);
+        refused.get_or_create(&core).inc_by(snapshot.connections_refused);
+        timed_out.get_or_create(&core).inc_by(snapshot.connections_timed_out);
         log_bytes.get_or_create(&core).set(i64::try_from(snapshot.storage.log_bytes).unwrap_or(i64::MAX));
         fdatasyncs.get_or_create(&core).inc_by(snapshot.storage.fdatasyncs);
         cache_hits.get_or_create(&core).inc_by(snapshot.storage.cache_hits);
@@ -154,6 +168,8 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
     registry.register("mesh_messages", "Requests sent to other cores over the mesh", mesh);
     registry.register("connections_open", "Open Kafka connections", connections);
     registry.register("connections_rejected", "Connections closed for bad framing or requests", rejected);
+    registry.register("connections_refused", "Connections refused at the connection limit", refused);
+    registry.register("connections_timed_out", "Connections closed for idling or for a request past its deadline", timed_out);
     registry.register("log_bytes", "Bytes held by the partition logs of each core", log_bytes);
     registry.register("fdatasyncs", "fdatasync calls issued by the partition logs of each core", fdatasyncs);
     registry.register("batch_cache_hits", "Reads served from the batch cache", cache_hits);

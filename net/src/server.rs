@@ -22,7 +22,7 @@ use crate::backend::PartitionStore;
 use crate::codec::decode_request;
 use crate::controller::RestoredMetadata;
 use crate::metadata::{remove_orphan_partitions, MetadataStore};
-use crate::frame::read_frame;
+use crate::frame::{read_frame_timed, FrameError};
 use crate::disk::DiskStore;
 use crate::memory::MemoryStore;
 use crate::notify::ChangeSignal;
@@ -38,6 +38,10 @@ pub const SHUTDOWN_DRAIN_MS_MAX: u64 = 10_000;
 pub const MESH_CLOSE_WAIT_MS_MAX: u64 = 15_000;
 /// Largest admin HTTP request head, in bytes.
 pub const ADMIN_REQUEST_BYTES_MAX: usize = 8 * 1024;
+/// Longest time an admin client gets to send its request head, in milliseconds.
+pub const ADMIN_REQUEST_MS_MAX: u64 = 5_000;
+/// Admin connections served at once; more are closed at accept.
+pub const ADMIN_CONNECTIONS_MAX: usize = 64;
 
 /// Everything `rill serve` decides.
 #[derive(Debug, Clone)]
@@ -260,7 +264,9 @@ async fn run_core<S: PartitionStore + 'static>(
         .detach();
         tracing::info!(kafka = %config.kafka_listen, admin = %config.admin_listen, cores = config.cores, "rill broker listening");
     }
-    accept_loop(&shard, &listener, &stopping, stop_generation).await;
+    // Every request read holds its size in units of this budget until it has been answered.
+    let request_budget = Rc::new(glommio::sync::Semaphore::new(config.broker.request_bytes_queued_max_per_core));
+    accept_loop(&shard, &listener, &request_budget, &stopping, stop_generation).await;
     drop(listener);
     // Connections see the signal and close after their current request.
     let drained = async {
@@ -288,6 +294,7 @@ async fn run_core<S: PartitionStore + 'static>(
 async fn accept_loop<S: PartitionStore + 'static>(
     shard: &Rc<Shard<S>>,
     listener: &TcpListener,
+    request_budget: &Rc<glommio::sync::Semaphore>,
     stopping: &ChangeSignal,
     stop_generation: u64,
 ) {
@@ -307,14 +314,18 @@ async fn accept_loop<S: PartitionStore + 'static>(
             }
         };
         if shard.metrics.connections_open.get() >= shard.config.connections_per_core_max as u64 {
-            tracing::warn!(core = shard.core, limit = shard.config.connections_per_core_max, "connection refused: too many connections");
+            // Dropping the stream closes it: the client sees a reset and retries later.
+            shard.metrics.connections_refused.set(shard.metrics.connections_refused.get() + 1);
+            let peer = stream.peer_addr().map_or_else(|_| "unknown".to_string(), |address| address.to_string());
+            tracing::warn!(core = shard.core, %peer, limit = shard.config.connections_per_core_max, "connection refused: too many connections");
             continue;
         }
         let shard = shard.clone();
         let stopping = stopping.clone();
+        let request_budget = request_budget.clone();
         glommio::spawn_local(async move {
             shard.metrics.connections_open.set(shard.metrics.connections_open.get() + 1);
-            serve_connection(&shard, stream, &stopping, stop_generation).await;
+            serve_connection(&shard, stream, &request_budget, &stopping, stop_generation).await;
             shard.metrics.connections_open.set(shard.metrics.connections_open.get() - 1);
         })
         .detach();
@@ -333,21 +344,40 @@ type PendingResponse = glommio::task::JoinHandle<Result<Option<bytes::Bytes>, cr
 async fn serve_connection<S: PartitionStore + 'static>(
     shard: &Rc<Shard<S>>,
     stream: TcpStream,
+    request_budget: &Rc<glommio::sync::Semaphore>,
     stopping: &ChangeSignal,
     stop_generation: u64,
 ) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().map_or_else(|_| "unknown".to_string(), |address| address.to_string());
     let limits = shard.config.frame_limits;
+    let timeouts = shard.config.frame_timeouts;
+    let budget_max = shard.config.request_bytes_queued_max_per_core;
     let (mut reader, writer) = futures_lite::io::split(stream);
     let (queue, responses) = glommio::channels::local_channel::new_bounded::<PendingResponse>(CONNECTION_REQUESTS_IN_FLIGHT_MAX);
     // The writer stops at the first failed request or write; the reader then stops too.
     let writer_done = ChangeSignal::new();
     let writer_generation = writer_done.generation();
-    let writing = glommio::spawn_local(write_responses(shard.clone(), writer, responses, peer.clone(), writer_done.clone()));
+    // Requests read and not yet answered.
+    let unanswered = Rc::new(std::cell::Cell::new(0usize));
+    let writing = glommio::spawn_local(write_responses(
+        shard.clone(),
+        writer,
+        responses,
+        peer.clone(),
+        writer_done.clone(),
+        unanswered.clone(),
+    ));
     loop {
         let next = futures_lite::future::or(
-            async { Some(read_frame(&mut reader, limits).await) },
+            async {
+                let admit = |size: usize| async move {
+                    // A frame larger than the whole budget waits for all of it.
+                    let units = u64::try_from(size).unwrap_or(u64::MAX).min(budget_max);
+                    request_budget.acquire_static_permit(units).await.ok()
+                };
+                Some(read_frame_timed(&mut reader, limits, timeouts, glommio::timer::sleep, admit).await)
+            },
             futures_lite::future::or(
                 async {
                     stopping.changed_since(stop_generation).await;
@@ -360,9 +390,16 @@ async fn serve_connection<S: PartitionStore + 'static>(
             ),
         )
         .await;
-        let frame = match next {
+        let (frame, permit) = match next {
             None | Some(Ok(None)) => break,
-            Some(Ok(Some(frame))) => frame,
+            Some(Ok(Some(admitted))) => admitted,
+            // A long-polling Fetch (or any slow answer) is not the client idling.
+            Some(Err(FrameError::Idle(_))) if unanswered.get() > 0 => continue,
+            Some(Err(error @ (FrameError::Idle(_) | FrameError::TooSlow { .. }))) => {
+                shard.metrics.connections_timed_out.set(shard.metrics.connections_timed_out.get() + 1);
+                tracing::info!(core = shard.core, %peer, %error, "closing connection: timed out");
+                break;
+            }
             Some(Err(error)) => {
                 shard.metrics.connections_rejected.set(shard.metrics.connections_rejected.get() + 1);
                 tracing::warn!(core = shard.core, %peer, %error, "closing connection: bad framing");
@@ -380,7 +417,14 @@ async fn serve_connection<S: PartitionStore + 'static>(
         // Spawned in arrival order: each request reaches its partitions' logs in that order
         // (the paths to the logs' FIFO stage locks have no await before them).
         let (handler_shard, handler_peer) = (shard.clone(), peer.clone());
-        let pending = glommio::spawn_local(async move { handler_shard.serve(request, &handler_peer).await }).detach();
+        let pending = glommio::spawn_local(async move {
+            let answer = handler_shard.serve(request, &handler_peer).await;
+            // The request's bytes are released once it has been served.
+            drop(permit);
+            answer
+        })
+        .detach();
+        unanswered.set(unanswered.get() + 1);
         if queue.send(pending).await.is_err() {
             break;
         }
@@ -399,9 +443,12 @@ async fn write_responses<S: PartitionStore + 'static>(
     responses: glommio::channels::local_channel::LocalReceiver<PendingResponse>,
     peer: String,
     done: ChangeSignal,
+    unanswered: Rc<std::cell::Cell<usize>>,
 ) {
     while let Some(pending) = responses.recv().await {
-        let response = match pending.await {
+        let answered = pending.await;
+        unanswered.set(unanswered.get().saturating_sub(1));
+        let response = match answered {
             Some(Ok(response)) => response,
             Some(Err(error)) => {
                 tracing::warn!(core = shard.core, %peer, %error, "closing connection: request failed");
@@ -422,17 +469,34 @@ async fn write_responses<S: PartitionStore + 'static>(
 
 /// Minimal HTTP/1.0 endpoint: `GET /metrics` and `GET /health`, one request per connection.
 async fn serve_admin<S: PartitionStore + 'static>(shard: Rc<Shard<S>>, listener: TcpListener) {
+    let open = Rc::new(std::cell::Cell::new(0usize));
     loop {
         let Ok(mut stream) = listener.accept().await else { continue };
-        let shard = shard.clone();
+        if open.get() >= ADMIN_CONNECTIONS_MAX {
+            tracing::warn!(limit = ADMIN_CONNECTIONS_MAX, "admin connection refused: too many connections");
+            continue;
+        }
+        open.set(open.get() + 1);
+        let (shard, open) = (shard.clone(), open.clone());
         glommio::spawn_local(async move {
             let mut head = Vec::new();
             let mut chunk = [0u8; 1024];
-            while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < ADMIN_REQUEST_BYTES_MAX {
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(read) => head.extend_from_slice(&chunk[..read]),
+            let read_head = async {
+                while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < ADMIN_REQUEST_BYTES_MAX {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(read) => head.extend_from_slice(&chunk[..read]),
+                    }
                 }
+                true
+            };
+            let deadline = async {
+                glommio::timer::sleep(Duration::from_millis(ADMIN_REQUEST_MS_MAX)).await;
+                false
+            };
+            if !futures_lite::future::or(read_head, deadline).await {
+                open.set(open.get() - 1);
+                return;
             }
             let line = String::from_utf8_lossy(&head);
             let path = line.split_whitespace().nth(1).unwrap_or("");
@@ -447,6 +511,7 @@ async fn serve_admin<S: PartitionStore + 'static>(shard: Rc<Shard<S>>, listener:
             );
             let _ = stream.write_all(response.as_bytes()).await;
             let _ = stream.close().await;
+            open.set(open.get() - 1);
         })
         .detach();
     }

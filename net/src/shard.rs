@@ -58,7 +58,15 @@ pub struct BrokerConfig {
     pub fetch_wait_ms_max: u64,
     /// Open client connections per core before new ones are refused.
     pub connections_per_core_max: usize,
+    /// Idle limit between requests and deadline for completing one.
+    pub frame_timeouts: crate::frame::FrameTimeouts,
+    /// Bytes of requests each core reads and holds before it stops reading more (Kafka's
+    /// `queued.max.request.bytes`): bounds the memory that many clients can pin at once.
+    pub request_bytes_queued_max_per_core: u64,
 }
+
+/// Default of [`BrokerConfig::request_bytes_queued_max_per_core`]: 512 MiB.
+pub const REQUEST_BYTES_QUEUED_MAX_PER_CORE_DEFAULT: u64 = 512 * 1024 * 1024;
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -74,6 +82,8 @@ impl Default for BrokerConfig {
             cluster_id: "rill-cluster".to_string(),
             fetch_wait_ms_max: 30_000,
             connections_per_core_max: 10_000,
+            frame_timeouts: crate::frame::FrameTimeouts::default(),
+            request_bytes_queued_max_per_core: REQUEST_BYTES_QUEUED_MAX_PER_CORE_DEFAULT,
         }
     }
 }

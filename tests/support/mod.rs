@@ -35,7 +35,7 @@ fn free_port() -> u16 {
 }
 
 /// Where broker data dirs and logs go.
-fn test_tmp() -> PathBuf {
+pub fn test_tmp() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-tmp");
     std::fs::create_dir_all(&dir).expect("create target/test-tmp");
     dir

@@ -213,6 +213,32 @@ pub struct LogStats {
     pub bytes_written: u64,
 }
 
+/// Fails the log if dropped armed: a flush whose future is dropped between taking the staged
+/// bytes and seeing their writes complete cannot know what reached the disk, and nothing would
+/// write those bytes again (a later flush would count them written).
+struct FailIfCancelled<'a, S: Storage> {
+    log: &'a PartitionLog<S>,
+    armed: bool,
+}
+
+impl<'a, S: Storage> FailIfCancelled<'a, S> {
+    fn new(log: &'a PartitionLog<S>) -> Self {
+        Self { log, armed: true }
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<S: Storage> Drop for FailIfCancelled<'_, S> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.log.fail("a flush was cancelled with its writes in flight".to_string());
+        }
+    }
+}
+
 struct LogState<F: StorageFile> {
     segments: BTreeMap<i64, Segment<F>>,
     log_start_offset: i64,
@@ -824,25 +850,40 @@ impl<S: Storage> PartitionLog<S> {
     /// Segments that were rolled away are finalized first (written, synced, truncated), so a
     /// crash never leaves a torn sealed segment before valid data.
     async fn flush_once(&self, sync: bool) -> Result<(), LogError> {
-        let (sealing, active_base, target) = {
-            let mut st = self.state.borrow_mut();
-            st.stats.flushes += 1;
-            // Frames staged from now on belong to the next group commit.
-            st.write_epoch += 1;
-            let active_base = *st.segments.keys().next_back().expect("active");
-            st.epoch_start = st.active().size;
-            let sealing: Vec<i64> = st
-                .segments
-                .iter()
-                .filter(|(b, s)| **b != active_base && s.writer.is_some())
-                .map(|(b, _)| *b)
-                .collect();
-            (sealing, active_base, st.next_offset)
-        };
-        for base in sealing {
-            self.write_segment(base, true).await?;
-            self.seal_segment(base).await?;
+        self.state.borrow_mut().stats.flushes += 1;
+        // Rolled-away segments first (appends may roll again meanwhile: repeat until none).
+        loop {
+            let sealing: Vec<i64> = {
+                let st = self.state.borrow();
+                let active_base = *st.segments.keys().next_back().expect("active");
+                st.segments
+                    .iter()
+                    .filter(|(b, s)| **b != active_base && s.writer.is_some())
+                    .map(|(b, _)| *b)
+                    .collect()
+            };
+            if sealing.is_empty() {
+                break;
+            }
+            for base in sealing {
+                self.write_segment(base, true).await?;
+                self.seal_segment(base).await?;
+            }
         }
+        let (active_base, target) = {
+            let mut st = self.state.borrow_mut();
+            // Frames staged from now on belong to the next group commit. This runs with no
+            // await before `write_segment` takes the staged bytes, so the flush writes exactly
+            // the frames of the epoch it closes. Only a flush that syncs starts an epoch:
+            // everything written since the last fdatasync is one epoch, since a power cut may
+            // keep any of those writes and lose any other (recovery's torn-tail rule depends on
+            // both; see recovery.rs).
+            if sync {
+                st.write_epoch += 1;
+                st.epoch_start = st.active().size;
+            }
+            (*st.segments.keys().next_back().expect("active"), st.next_offset)
+        };
         self.write_segment(active_base, sync).await?;
         let mut st = self.state.borrow_mut();
         st.written_offset = st.written_offset.max(target);
@@ -873,11 +914,13 @@ impl<S: Storage> PartitionLog<S> {
             (file, ops, seg.size)
         };
         let path = file.path();
+        let cancelled = FailIfCancelled::new(self);
         let results = futures::future::join_all(
             ops.iter()
                 .map(|op| file.write_at(op.buf.clone(), op.position)),
         )
         .await;
+        cancelled.disarm();
         let mut written = 0u64;
         for (op, result) in ops.iter().zip(&results) {
             let want = op.buf.as_bytes().len();

@@ -250,7 +250,9 @@ async fn all_zero<F: StorageFile>(w: &mut Window<'_, F>, from: u64) -> io::Resul
 
 /// True when the bytes from `from` to the end of its sector (or `to`) are all zero: a lost
 /// rewrite of a tail page leaves the old page behind, whose bytes after the old end are zero, so
-/// a frame that should start there has a zero magic. A flipped bit never zeroes a magic.
+/// a frame that should start there has a zero magic. A flipped bit never zeroes a magic: every
+/// byte of `RILB` is non-zero and none is a single bit, so even one zero byte at a frame's start
+/// takes more than a flip (a frame ending 1 to 3 bytes before a sector boundary leaves that few).
 async fn zeros_to_sector_end<F: StorageFile>(
     w: &mut Window<'_, F>,
     from: u64,
@@ -259,7 +261,11 @@ async fn zeros_to_sector_end<F: StorageFile>(
     let end = (from / SECTOR_BYTES + 1) * SECTOR_BYTES;
     let end = end.min(to);
     let n = usize::try_from(end - from).expect("below a sector");
-    if n < 4 {
+    const _: () = assert!(FRAME_MAGIC.to_le_bytes()[0] != 0 && FRAME_MAGIC.to_le_bytes()[0].count_ones() > 1);
+    const _: () = assert!(FRAME_MAGIC.to_le_bytes()[1] != 0 && FRAME_MAGIC.to_le_bytes()[1].count_ones() > 1);
+    const _: () = assert!(FRAME_MAGIC.to_le_bytes()[2] != 0 && FRAME_MAGIC.to_le_bytes()[2].count_ones() > 1);
+    const _: () = assert!(FRAME_MAGIC.to_le_bytes()[3] != 0 && FRAME_MAGIC.to_le_bytes()[3].count_ones() > 1);
+    if n == 0 {
         return Ok(false);
     }
     let bytes = w.at(from, n).await?;

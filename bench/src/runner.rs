@@ -145,6 +145,7 @@ fn run_with<C: LoadClient>(
                 let (cancel, running) = (&cancel, &producers_running);
                 scope.spawn(move || {
                     let pace = pace_of(workload, start_ns, index);
+                    producer::precise_sleeps();
                     let outcome = producer::drive(pace, &window, &clock, &mut sink, &in_flight, cancel);
                     if outcome.is_err() {
                         cancel.store(true, Ordering::Relaxed);

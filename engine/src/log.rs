@@ -209,6 +209,10 @@ pub struct LogStats {
     pub fdatasyncs: u64,
     /// Total nanoseconds spent in fdatasync.
     pub fdatasync_nanos: u64,
+    /// Latencies of the group-commit fdatasyncs.
+    pub fdatasync_latency: crate::stats::IoLatency,
+    /// Latencies of the fallocate calls reserving space ahead of appends.
+    pub preallocate_latency: crate::stats::IoLatency,
     /// Bytes written to files (including rewritten tail pages).
     pub bytes_written: u64,
 }
@@ -734,7 +738,10 @@ impl<S: Storage> PartitionLog<S> {
             let need = crate::storage::align_up(size + frame_bytes);
             let mut reserved = None;
             for target in [want, need] {
-                match file.preallocate(target).await {
+                let started = std::time::Instant::now();
+                let outcome = file.preallocate(target).await;
+                self.state.borrow_mut().stats.preallocate_latency.record(started.elapsed());
+                match outcome {
                     Ok(()) => {
                         reserved = Some(target);
                         break;
@@ -949,9 +956,10 @@ impl<S: Storage> PartitionLog<S> {
                 return Err(self.fail(format!("fdatasync {}: {e}", path.display())));
             }
             let mut st = self.state.borrow_mut();
+            let took = started.elapsed();
             st.stats.fdatasyncs += 1;
-            st.stats.fdatasync_nanos +=
-                u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            st.stats.fdatasync_nanos += u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+            st.stats.fdatasync_latency.record(took);
         }
         let mut st = self.state.borrow_mut();
         st.stats.bytes_written += written;

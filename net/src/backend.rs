@@ -159,6 +159,10 @@ pub struct StorageStats {
     pub cache_hits: u64,
     /// Reads that went to disk.
     pub cache_misses: u64,
+    /// Group-commit fdatasync latencies over the core's logs.
+    pub fdatasync_latency: rill_engine::IoLatency,
+    /// fallocate latencies over the core's logs.
+    pub preallocate_latency: rill_engine::IoLatency,
 }
 
 /// Storage failures, each mapped by the broker to a Kafka error code.

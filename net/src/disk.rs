@@ -78,12 +78,18 @@ impl DiskStore {
         self.cache.borrow().stats()
     }
 
-    /// Total bytes and fdatasync count over this core's logs, for metrics.
-    pub fn log_totals(&self) -> (u64, u64) {
+    /// Bytes, fdatasyncs and storage-call latencies over this core's logs, for metrics.
+    pub fn log_totals(&self) -> StorageStats {
         let partitions = self.partitions.borrow();
-        let bytes = partitions.values().map(|p| p.log.size_bytes()).sum();
-        let syncs = partitions.values().map(|p| p.log.stats().fdatasyncs).sum();
-        (bytes, syncs)
+        let mut totals = StorageStats::default();
+        for partition in partitions.values() {
+            let stats = partition.log.stats();
+            totals.log_bytes += partition.log.size_bytes();
+            totals.fdatasyncs += stats.fdatasyncs;
+            totals.fdatasync_latency.merge(&stats.fdatasync_latency);
+            totals.preallocate_latency.merge(&stats.preallocate_latency);
+        }
+        totals
     }
 
     /// Logs that failed (fsync errors) and will not accept appends, and logs that refused to
@@ -444,9 +450,8 @@ impl PartitionStore for DiskStore {
     }
 
     fn storage_stats(&self) -> StorageStats {
-        let (log_bytes, fdatasyncs) = self.log_totals();
         let cache = self.cache_stats();
-        StorageStats { log_bytes, fdatasyncs, cache_hits: cache.hits, cache_misses: cache.misses }
+        StorageStats { cache_hits: cache.hits, cache_misses: cache.misses, ..self.log_totals() }
     }
 
     fn wait_for_data(

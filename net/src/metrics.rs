@@ -129,7 +129,23 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
     let cache_hits = Family::<Labels, Counter>::default();
     let cache_misses = Family::<Labels, Counter>::default();
     let failed = Family::<Labels, Gauge>::default();
+    let storage_latency_bucket = Family::<Labels, Counter>::default();
+    let storage_latency_sum = Family::<Labels, Counter>::default();
+    let storage_latency_max = Family::<Labels, Gauge>::default();
     for snapshot in snapshots {
+        for (call, latency) in [("fdatasync", &snapshot.storage.fdatasync_latency), ("fallocate", &snapshot.storage.preallocate_latency)] {
+            let labels = vec![("core".to_string(), snapshot.core.to_string()), ("call".to_string(), call.to_string())];
+            storage_latency_sum.get_or_create(&labels).inc_by(latency.nanos_sum / 1_000);
+            storage_latency_max.get_or_create(&labels).set(i64::try_from(latency.nanos_max / 1_000).unwrap_or(i64::MAX));
+            let mut cumulative = 0;
+            for (index, count) in latency.buckets.iter().enumerate() {
+                cumulative += count;
+                let bound = rill_engine::IO_LATENCY_BUCKETS_US.get(index).map_or("+Inf".to_string(), |bound| bound.to_string());
+                let mut bucket_labels = labels.clone();
+                bucket_labels.push(("le_us".to_string(), bound));
+                storage_latency_bucket.get_or_create(&bucket_labels).inc_by(cumulative);
+            }
+        }
         let core = vec![("core".to_string(), snapshot.core.to_string())];
         bytes_in.get_or_create(&core).inc_by(snapshot.bytes_in);
         bytes_out.get_or_create(&core).inc_by(snapshot.bytes_out);
@@ -174,6 +190,9 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
     registry.register("fdatasyncs", "fdatasync calls issued by the partition logs of each core", fdatasyncs);
     registry.register("batch_cache_hits", "Reads served from the batch cache", cache_hits);
     registry.register("batch_cache_misses", "Reads that went to disk", cache_misses);
+    registry.register("storage_latency_us_bucket", "Storage calls (fdatasync, fallocate) at or below each latency bound (cumulative)", storage_latency_bucket);
+    registry.register("storage_latency_us_sum", "Sum of storage call latencies in microseconds", storage_latency_sum);
+    registry.register("storage_latency_us_max", "Slowest storage call in microseconds", storage_latency_max);
     registry.register("failed_partitions", "Partitions that failed or refused to open", failed);
     let partitions_gauge = Gauge::<i64>::default();
     partitions_gauge.set(i64::try_from(partitions).unwrap_or(i64::MAX));
@@ -198,9 +217,14 @@ mod tests {
         metrics.bytes_in.set(100);
         let mut second = metrics.snapshot(1);
         second.storage.fdatasyncs = 12;
+        second.storage.fdatasync_latency.record(Duration::from_micros(80));
+        second.storage.fdatasync_latency.record(Duration::from_millis(30));
         second.storage.log_bytes = 4096;
         let text = render(&[metrics.snapshot(0), second], 6, 1);
         assert!(text.contains("rill_fdatasyncs_total{core=\"1\"} 12"), "{text}");
+        assert!(text.contains("rill_storage_latency_us_bucket_total{core=\"1\",call=\"fdatasync\",le_us=\"100\"} 1"), "{text}");
+        assert!(text.contains("rill_storage_latency_us_bucket_total{core=\"1\",call=\"fdatasync\",le_us=\"50000\"} 2"), "{text}");
+        assert!(text.contains("rill_storage_latency_us_max{core=\"1\",call=\"fdatasync\"} 30000"), "{text}");
         assert!(text.contains("rill_log_bytes{core=\"1\"} 4096"), "{text}");
         assert!(text.contains("rill_requests_total{api=\"Produce\"} 4"), "{text}");
         assert!(text.contains("rill_bytes_in_total{core=\"1\"} 100"), "{text}");

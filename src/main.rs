@@ -60,6 +60,55 @@ enum Command {
     },
     /// Load-test a Kafka-protocol broker (or a peer) and report latency percentiles.
     Bench(rill_bench::cli::BenchArgs),
+    /// Cluster administration.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Create the cluster CA and one certificate per node for the mutual-TLS replication links.
+    InitCerts {
+        /// Directory to write ca.pem, ca.key.pem and node-<id>.pem / node-<id>.key.pem into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Node ids, comma separated (e.g. 0,1,2).
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<u32>,
+        /// Replace an existing CA in the directory (every node then needs new certificates).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn cluster(command: ClusterCommand) -> Result<()> {
+    match command {
+        ClusterCommand::InitCerts { out, nodes, force } => {
+            let ca = out.join("ca.pem");
+            if ca.exists() && !force {
+                anyhow::bail!(
+                    "{} already exists: refusing to replace the cluster CA (certificates it issued would stop working); pass --force to do it anyway",
+                    ca.display()
+                );
+            }
+            let mut ids: Vec<u32> = nodes.clone();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() != nodes.len() {
+                anyhow::bail!("node ids repeat: {nodes:?}");
+            }
+            let ids: Vec<_> = ids.into_iter().map(rill_replication::types::NodeId).collect();
+            let files = rill_replication::certs::init_certs(&out, &ids).context("creating certificates")?;
+            println!("CA certificate {} (give to every node)", files.ca_cert.display());
+            println!("CA key         {} (keep it off the nodes)", files.ca_key.display());
+            for (node, cert, key) in &files.nodes {
+                println!("node {:<9} {} {}", node.0, cert.display(), key.display());
+            }
+            Ok(())
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -183,5 +232,6 @@ fn main() -> Result<()> {
         Command::Consume { connection, args } => commands::consume(&connection, args),
         Command::Group { connection, command } => commands::group(&connection, command),
         Command::Bench(args) => rill_bench::cli::run(args),
+        Command::Cluster { command } => cluster(command),
     }
 }

@@ -82,3 +82,36 @@ fn topic_produce_consume_and_group_commands() {
         .expect("kcat");
     assert_eq!(String::from_utf8_lossy(&output.stdout), "a\nb\nc\n");
 }
+
+/// `rill cluster init-certs` writes a CA and one certificate per node (keys private to the
+/// owner), and refuses to replace an existing CA without `--force`.
+#[test]
+fn cluster_init_certs_writes_a_ca_and_node_certificates_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = support::test_tmp().join(format!("certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |extra: &[&str]| {
+        Command::new(rill_bin())
+            .args(["cluster", "init-certs", "--out", dir.to_str().unwrap(), "--nodes", "0,1,2"])
+            .args(extra)
+            .output()
+            .expect("run rill cluster init-certs")
+    };
+    let first = run(&[]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    for name in ["ca.pem", "ca.key.pem", "node-0.pem", "node-1.key.pem", "node-2.pem", "node-2.key.pem"] {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(text.starts_with("-----BEGIN"), "{name} is not PEM");
+    }
+    let mode = std::fs::metadata(dir.join("node-1.key.pem")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "private keys are readable by the owner only");
+    let ca_before = std::fs::read(dir.join("ca.pem")).unwrap();
+    let again = run(&[]);
+    assert!(!again.status.success(), "a second run must not replace the CA");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to replace the cluster CA"));
+    assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca_before);
+    let forced = run(&["--force"]);
+    assert!(forced.status.success());
+    assert_ne!(std::fs::read(dir.join("ca.pem")).unwrap(), ca_before);
+    let _ = std::fs::remove_dir_all(&dir);
+}

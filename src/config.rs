@@ -52,6 +52,8 @@ pub struct FileConfig {
     pub max_request_bytes: Option<usize>,
     /// Request bytes each core holds before it stops reading (Kafka's `queued.max.request.bytes`).
     pub queued_request_mib_per_core: Option<u64>,
+    /// Open Kafka connections one client IP may hold (Kafka's `max.connections.per.ip`).
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl FileConfig {
@@ -97,6 +99,8 @@ pub struct ServeSettings {
     pub max_request_bytes: usize,
     /// Request bytes held per core.
     pub queued_request_bytes_per_core: u64,
+    /// Open connections per client IP.
+    pub connections_per_ip_max: usize,
 }
 
 /// Default of `max_connections` (per node).
@@ -205,6 +209,11 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<ServeSettings> 
         },
         max_request_bytes,
         queued_request_bytes_per_core,
+        connections_per_ip_max: match file.max_connections_per_ip {
+            Some(0) => bail!("max_connections_per_ip must be at least 1"),
+            Some(max) => max,
+            None => usize::MAX,
+        },
     })
 }
 

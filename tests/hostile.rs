@@ -290,3 +290,35 @@ fn slow_loris_idle_and_over_limit_connections_are_closed_within_configured_limit
     assert!(produced > 50);
     assert!(broker.is_running(), "the broker died:\n{}", broker.log());
 }
+
+/// `max_connections_per_ip`: one address holding its share gets further connections closed at
+/// accept, and a slot freed by a client that left is usable again.
+#[test]
+fn connections_beyond_the_per_ip_limit_are_closed() {
+    const PER_IP: usize = 3;
+    let config = support::test_tmp().join(format!("per-ip-{}.toml", std::process::id()));
+    std::fs::write(&config, format!("max_connections_per_ip = {PER_IP}\n")).unwrap();
+    let broker = Broker::start(2, &["--config", config.to_str().unwrap()]);
+    // The harness's readiness probe connection must be gone before counting.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut held: Vec<TcpStream> = (0..PER_IP).map(|_| TcpStream::connect(broker.bootstrap()).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut over = TcpStream::connect(broker.bootstrap()).unwrap();
+    assert!(closed_within(&mut over, Duration::from_secs(2)), "connection {} from one address was not closed", PER_IP + 1);
+    for stream in &mut held {
+        assert!(!closed_within(stream, Duration::from_millis(100)), "a connection within the limit was closed");
+    }
+    drop(held.pop());
+    std::thread::sleep(Duration::from_millis(300));
+    let mut client = Client::connect(&broker.bootstrap()).expect("a freed slot is usable again");
+    client.create_topic("per-ip", 1, &[]).unwrap();
+    let metrics = broker.admin_get("/metrics");
+    let refused: u64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("rill_connections_refused_total"))
+        .filter_map(|line| line.split_whitespace().last()?.parse::<u64>().ok())
+        .sum();
+    eprintln!("per-IP limit {PER_IP}: connection {} closed at accept; after one left, a new client was served; broker counted {refused} refused", PER_IP + 1);
+    assert!(refused >= 1, "{metrics}");
+    assert!(broker.is_running());
+}

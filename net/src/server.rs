@@ -320,15 +320,38 @@ async fn accept_loop<S: PartitionStore + 'static>(
             tracing::warn!(core = shard.core, %peer, limit = shard.config.connections_per_core_max, "connection refused: too many connections");
             continue;
         }
+        let ip = stream.peer_addr().map(|address| address.ip()).ok();
+        let per_ip = shard.config.connections_per_ip.clone();
+        if let Some(ip) = ip {
+            if !per_ip.try_acquire(ip, shard.config.connections_per_ip_max) {
+                shard.metrics.connections_refused.set(shard.metrics.connections_refused.get() + 1);
+                tracing::warn!(core = shard.core, %ip, limit = shard.config.connections_per_ip_max, "connection refused: too many connections from this address");
+                continue;
+            }
+        }
         let shard = shard.clone();
         let stopping = stopping.clone();
         let request_budget = request_budget.clone();
         glommio::spawn_local(async move {
+            // Released however the connection ends.
+            let _per_ip = ip.map(|ip| ReleaseOnDrop { per_ip, ip });
             shard.metrics.connections_open.set(shard.metrics.connections_open.get() + 1);
             serve_connection(&shard, stream, &request_budget, &stopping, stop_generation).await;
             shard.metrics.connections_open.set(shard.metrics.connections_open.get() - 1);
         })
         .detach();
+    }
+}
+
+/// Gives a connection's slot back to its IP's count when dropped.
+struct ReleaseOnDrop {
+    per_ip: Arc<crate::shard::ConnectionsPerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.per_ip.release(self.ip);
     }
 }
 

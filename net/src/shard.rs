@@ -63,6 +63,41 @@ pub struct BrokerConfig {
     /// Bytes of requests each core reads and holds before it stops reading more (Kafka's
     /// `queued.max.request.bytes`): bounds the memory that many clients can pin at once.
     pub request_bytes_queued_max_per_core: u64,
+    /// Open connections one client IP may hold on the node (Kafka's `max.connections.per.ip`).
+    pub connections_per_ip_max: usize,
+    /// The node's count of open connections per client IP, shared by every core's clone.
+    pub connections_per_ip: std::sync::Arc<ConnectionsPerIp>,
+}
+
+/// Open Kafka connections per client IP across the node's cores (touched once per accept and
+/// close, so a mutex is fine).
+#[derive(Debug, Default)]
+pub struct ConnectionsPerIp {
+    counts: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+impl ConnectionsPerIp {
+    /// Counts a new connection from `ip` unless it already holds `max`; false when refused.
+    pub fn try_acquire(&self, ip: std::net::IpAddr, max: usize) -> bool {
+        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    /// A connection from `ip` closed.
+    pub fn release(&self, ip: std::net::IpAddr) {
+        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&ip);
+            }
+        }
+    }
 }
 
 /// Default of [`BrokerConfig::request_bytes_queued_max_per_core`]: 512 MiB.
@@ -84,6 +119,8 @@ impl Default for BrokerConfig {
             connections_per_core_max: 10_000,
             frame_timeouts: crate::frame::FrameTimeouts::default(),
             request_bytes_queued_max_per_core: REQUEST_BYTES_QUEUED_MAX_PER_CORE_DEFAULT,
+            connections_per_ip_max: usize::MAX,
+            connections_per_ip: std::sync::Arc::default(),
         }
     }
 }
@@ -562,5 +599,22 @@ impl<S: PartitionStore + 'static> Shard<S> {
         }
         waits.push(Box::pin(glommio::timer::sleep(timeout)));
         futures::future::select_all(waits).await;
+    }
+}
+
+#[cfg(test)]
+mod connections_per_ip_tests {
+    use super::ConnectionsPerIp;
+
+    #[test]
+    fn counts_per_address_and_releases() {
+        let counts = ConnectionsPerIp::default();
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+        assert!(counts.try_acquire(a, 2));
+        assert!(counts.try_acquire(a, 2));
+        assert!(!counts.try_acquire(a, 2), "a third from one address");
+        assert!(counts.try_acquire(b, 2), "another address has its own count");
+        counts.release(a);
+        assert!(counts.try_acquire(a, 2));
     }
 }

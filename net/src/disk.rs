@@ -52,6 +52,8 @@ pub struct DiskStore {
     partitions: RefCell<HashMap<TopicPartition, Rc<DiskPartition>>>,
     /// Partitions whose log refused to open (interior damage, I/O errors), with the reason.
     open_failures: RefCell<HashMap<TopicPartition, String>>,
+    /// Counters of deleted partitions' logs, so the node's totals never go down.
+    retired: RefCell<StorageStats>,
 }
 
 impl DiskStore {
@@ -65,6 +67,7 @@ impl DiskStore {
             clock: Rc::new(SystemClock),
             partitions: RefCell::default(),
             open_failures: RefCell::default(),
+            retired: RefCell::default(),
         }
     }
 
@@ -81,7 +84,7 @@ impl DiskStore {
     /// Bytes, fdatasyncs and storage-call latencies over this core's logs, for metrics.
     pub fn log_totals(&self) -> StorageStats {
         let partitions = self.partitions.borrow();
-        let mut totals = StorageStats::default();
+        let mut totals = *self.retired.borrow();
         for partition in partitions.values() {
             let stats = partition.log.stats();
             totals.log_bytes += partition.log.size_bytes();
@@ -282,6 +285,14 @@ impl PartitionStore for DiskStore {
                 .log;
             let log = Rc::try_unwrap(log)
                 .map_err(|_| StorageError::Io { partition: partition.clone(), message: "partition busy".into() })?;
+            {
+                // Counters survive the partition (log bytes do not: they are gone).
+                let stats = log.stats();
+                let mut retired = self.retired.borrow_mut();
+                retired.fdatasyncs += stats.fdatasyncs;
+                retired.fdatasync_latency.merge(&stats.fdatasync_latency);
+                retired.preallocate_latency.merge(&stats.preallocate_latency);
+            }
             log.delete().await.map_err(|e| storage_error(&partition, e))
         }
     }
@@ -508,8 +519,16 @@ mod tests {
             let read = store.read(&tp, 0, 1 << 20).await.unwrap();
             assert_eq!(parse_batches(&read.records).unwrap().len(), 2);
             assert!(matches!(store.read(&tp, 6, 100).await, Err(StorageError::OffsetOutOfRange { .. })));
+            store.append(&tp, batches(1)).await.unwrap();
+            let before = store.log_totals();
+            assert!(before.fdatasyncs >= 1 && before.fdatasync_latency.count == before.fdatasyncs);
             store.delete_partition(&tp).await.unwrap();
             assert!(!DiskStore::partition_dir(&root, &tp).exists());
+            // Counters outlive the partition (Prometheus counters never go down).
+            let after = store.log_totals();
+            assert_eq!(after.fdatasyncs, before.fdatasyncs);
+            assert_eq!(after.fdatasync_latency, before.fdatasync_latency);
+            assert_eq!(after.log_bytes, 0);
         });
     }
 }

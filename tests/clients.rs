@@ -4,7 +4,6 @@
 mod support;
 
 use std::process::Command;
-use std::time::Duration;
 
 use support::Broker;
 
@@ -104,24 +103,15 @@ fn admin_http_serves_metrics_and_health() {
     let broker = Broker::start(CORES, &["--auto-create-topics"]);
     let (ok, _, stderr) = kcat(&["-b", &broker.bootstrap(), "-P", "-t", "metered", "-m", "30"], Some("a\nb\n"));
     assert!(ok, "{stderr}");
-    let get = |path: &str| {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(broker.admin).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(stream, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    };
+    let get = |path: &str| broker.admin_get(path);
     assert!(get("/health").ends_with("ok\n"));
     let metrics = get("/metrics");
     assert!(metrics.starts_with("HTTP/1.0 200 OK"), "{metrics}");
     // kcat may send the two lines in one request or two (librdkafka's linger timing).
-    let produces: u64 = metrics
+    let produces = metrics
         .lines()
         .find_map(|line| line.strip_prefix("rill_requests_total{api=\"Produce\"} "))
-        .and_then(|count| count.trim().parse().ok())
-        .unwrap_or(0);
+        .map_or(0, |count| count.trim().parse::<u64>().unwrap());
     assert!((1..=2).contains(&produces), "{metrics}");
     assert!(metrics.contains("rill_partitions 1"), "{metrics}");
     assert!(get("/nope").starts_with("HTTP/1.0 404"));

@@ -269,14 +269,10 @@ fn slow_loris_idle_and_over_limit_connections_are_closed_within_configured_limit
     stop.store(true, Ordering::Relaxed);
     let produced = good.join().expect("the good client failed");
     let metrics = broker.admin_get("/metrics");
-    let counter = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .filter(|line| line.starts_with(name))
-            .filter_map(|line| line.split_whitespace().last()?.parse::<u64>().ok())
-            .sum()
-    };
-    let (refused, timed_out) = (counter("rill_connections_refused_total"), counter("rill_connections_timed_out_total"));
+    let (refused, timed_out) = (
+        support::metric_total(&metrics, "rill_connections_refused_total"),
+        support::metric_total(&metrics, "rill_connections_timed_out_total"),
+    );
     eprintln!(
         "connection limits: {LORIS} slow-loris connections (request deadline 1 s) all closed within {loris_closed_in:?}; \
          connection {} of limit {LIMIT} refused; {} idle connections all closed {idle_closed_in:?} after \
@@ -313,11 +309,7 @@ fn connections_beyond_the_per_ip_limit_are_closed() {
     let mut client = Client::connect(&broker.bootstrap()).expect("a freed slot is usable again");
     client.create_topic("per-ip", 1, &[]).unwrap();
     let metrics = broker.admin_get("/metrics");
-    let refused: u64 = metrics
-        .lines()
-        .filter(|line| line.starts_with("rill_connections_refused_total"))
-        .filter_map(|line| line.split_whitespace().last()?.parse::<u64>().ok())
-        .sum();
+    let refused = support::metric_total(&metrics, "rill_connections_refused_total");
     eprintln!("per-IP limit {PER_IP}: connection {} closed at accept; after one left, a new client was served; broker counted {refused} refused", PER_IP + 1);
     assert!(refused >= 1, "{metrics}");
     assert!(broker.is_running());

@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ use rill_net::client::{Client, OutgoingRecord};
 use rill_net::kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use rill_net::kafka_protocol::messages::*;
 use rill_net::kafka_protocol::protocol::StrBytes;
-use support::{python, rill_bin, Broker};
+use support::{python, Broker};
 
 const CORES: usize = 2;
 /// Longest a test waits for records to become readable, or for a client script.
@@ -94,37 +93,18 @@ fn topics_configs_and_records_survive_sigterm_and_sigkill_restarts() {
     for name in ["rill_log_bytes{core=", "rill_fdatasyncs_total{core=", "rill_batch_cache_hits_total{core=", "rill_batch_cache_misses_total{core="] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
-    let syncs: u64 = metrics
-        .lines()
-        .filter(|line| line.starts_with("rill_fdatasyncs_total{"))
-        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
+    let syncs = support::metric_total(&metrics, "rill_fdatasyncs_total");
     assert!(syncs > 0, "appends with durability=fsync issued no fdatasync:\n{metrics}");
-}
-
-fn rill(broker: &Broker, args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new(rill_bin())
-        .args(args)
-        .env("RILL_BOOTSTRAP", broker.bootstrap())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn rill");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "rill {args:?}: {}\n{}", String::from_utf8_lossy(&output.stderr), broker.log());
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[test]
 fn committed_group_offsets_survive_restarts_and_deleted_groups_stay_deleted() {
     let mut broker = Broker::start(CORES, &[]);
-    rill(&broker, &["topic", "create", "orders", "-p", "3"], "");
+    broker.rill(&["topic", "create", "orders", "-p", "3"], "");
     let lines: String = (0..300).map(|i| format!("value{i}\n")).collect();
-    rill(&broker, &["produce", "orders"], &lines);
+    broker.rill(&["produce", "orders"], &lines);
     // A real group member (join, sync, commit) reads 100 records and commits.
-    assert_eq!(rill(&broker, &["consume", "orders", "-g", "readers", "-n", "100"], "").lines().count(), 100);
+    assert_eq!(broker.rill(&["consume", "orders", "-g", "readers", "-n", "100"], "").lines().count(), 100);
     let mut client = connect(&broker);
     client.commit("other", "orders", &BTreeMap::from([(0, 1), (1, 2)])).unwrap();
     client.commit("doomed", "orders", &BTreeMap::from([(2, 3)])).unwrap();
@@ -154,7 +134,7 @@ fn committed_group_offsets_survive_restarts_and_deleted_groups_stay_deleted() {
     // The group resumes where it committed, after a clean restart too.
     assert!(broker.stop(), "{}", broker.log());
     broker.restart();
-    assert_eq!(rill(&broker, &["consume", "orders", "-g", "readers", "-e"], "").lines().count(), 200, "{}", broker.log());
+    assert_eq!(broker.rill(&["consume", "orders", "-g", "readers", "-e"], "").lines().count(), 200, "{}", broker.log());
 }
 
 fn produce_raw(client: &mut Client, partition_records: Bytes) -> (i16, i64) {

@@ -118,6 +118,30 @@ impl Broker {
         assert!(self.wait_ready(), "broker did not restart:\n{}", self.log());
     }
 
+    /// Runs the `rill` CLI against this broker with `stdin` as its input; its stdout. Panics
+    /// with its stderr, stdout and the broker's log when it fails.
+    pub fn rill(&self, args: &[&str], stdin: &str) -> String {
+        use std::io::Write;
+        let mut child = Command::new(rill_bin())
+            .args(args)
+            .env("RILL_BOOTSTRAP", self.bootstrap())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rill");
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "rill {args:?} failed: {}\n{stdout}\nbroker log:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
+        );
+        stdout
+    }
+
     /// GET a path of the admin HTTP endpoint; the whole response (status line, headers, body).
     pub fn admin_get(&self, path: &str) -> String {
         use std::io::{Read, Write};
@@ -212,4 +236,17 @@ impl Drop for Broker {
         let _ = std::fs::remove_dir_all(&self.data_dir);
         let _ = std::fs::remove_file(&self.log_path);
     }
+}
+
+/// The sum of a metric's samples over all its label sets in Prometheus text `metrics`
+/// (`name` without labels, e.g. `rill_fdatasyncs_total`).
+pub fn metric_total(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .map(|line| {
+            let value = line.rsplit(' ').next().unwrap_or_default();
+            value.parse::<u64>().unwrap_or_else(|_| panic!("{name}: sample {value:?} is not a count"))
+        })
+        .sum()
 }

@@ -227,6 +227,49 @@ pub fn patch_base_offset(buffer: &mut [u8], position: usize, base_offset: i64) {
     buffer[position..position + 8].copy_from_slice(&base_offset.to_be_bytes());
 }
 
+/// Header map of a record, as kafka-protocol encodes it.
+pub type RecordHeaders = kafka_protocol::indexmap::IndexMap<kafka_protocol::protocol::StrBytes, Option<bytes::Bytes>>;
+
+/// Appends to `out` an uncompressed, non-idempotent batch v2 of `records` (key, value, headers),
+/// all stamped `timestamp_ms` (the broker's internal writes and the Rust client's producer).
+pub fn encode_plain_batch(
+    out: &mut bytes::BytesMut,
+    records: impl IntoIterator<Item = (Option<bytes::Bytes>, Option<bytes::Bytes>, RecordHeaders)>,
+    timestamp_ms: i64,
+) -> Result<(), BatchEncodeError> {
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let records: Vec<Record> = records
+        .into_iter()
+        .enumerate()
+        .map(|(index, (key, value, headers))| {
+            let index = i32::try_from(index).expect("a batch holds fewer than 2^31 records");
+            Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i64::from(index),
+                // The encoder starts a new batch whenever offset minus sequence changes.
+                sequence: index,
+                timestamp: timestamp_ms,
+                key,
+                value,
+                headers,
+            }
+        })
+        .collect();
+    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+    RecordBatchEncoder::encode(out, records.iter(), &options).map_err(|error| BatchEncodeError(error.to_string()))
+}
+
+/// kafka-protocol refused to encode a batch.
+#[derive(Debug, Error)]
+#[error("encoding a record batch: {0}")]
+pub struct BatchEncodeError(String);
+
 /// Build a valid uncompressed batch with `count` small records (tests, fuzz seeds and the client).
 pub fn encode_test_batch(base_sequence: i32, producer_id: i64, count: i32, timestamp: i64) -> Vec<u8> {
     use kafka_protocol::records::{

@@ -23,9 +23,7 @@ use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::RecordBatchDecoder;
 use thiserror::Error;
 
 /// Longest wait for any single response.
@@ -257,28 +255,11 @@ impl Client {
     /// Produce records to one partition as one uncompressed batch; returns the base offset.
     pub fn produce(&mut self, topic: &str, partition: i32, records: &[OutgoingRecord], acks: i16) -> Result<i64, ClientError> {
         let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
-        let encoded: Vec<Record> = records
+        let encoded = records
             .iter()
-            .enumerate()
-            .map(|(index, record)| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i64::try_from(index).unwrap_or(0),
-                // The encoder splits batches when offset minus sequence changes; keep it constant.
-                sequence: i32::try_from(index).unwrap_or(0),
-                timestamp: now_ms,
-                key: record.key.clone(),
-                value: record.value.clone(),
-                headers: record.headers.iter().map(|(k, v)| (text(k), Some(v.clone()))).collect(),
-            })
-            .collect();
+            .map(|record| (record.key.clone(), record.value.clone(), record.headers.iter().map(|(k, v)| (text(k), Some(v.clone()))).collect()));
         let mut batch = BytesMut::new();
-        RecordBatchEncoder::encode(&mut batch, encoded.iter(), &RecordEncodeOptions { version: 2, compression: Compression::None })
+        crate::batch::encode_plain_batch(&mut batch, encoded, now_ms)
             .map_err(|error| ClientError::Protocol { api: "Produce", message: error.to_string() })?;
         let request = ProduceRequest::default().with_transactional_id(None).with_acks(acks).with_timeout_ms(30_000).with_topic_data(vec![TopicProduceData::default()
             .with_name(TopicName(text(topic)))

@@ -4,7 +4,7 @@
 //! hostile prefix cannot make us reserve gigabytes. A bad prefix is a [`FrameError`]; the caller
 //! closes the connection (there is no way to resynchronise a byte stream with broken framing).
 //!
-//! [`read_frame_timed`] adds the two clocks a broker needs against slow or silent peers: an idle
+//! [`read_frame_timed`] reads under the two clocks a broker needs against slow or silent peers: an idle
 //! limit between frames and a deadline for completing a frame once its first byte arrived (a
 //! slow-loris client trickling one byte at a time hits the second). The body buffer grows as bytes
 //! arrive, so an announced size costs memory only once it is actually sent.
@@ -109,22 +109,6 @@ pub fn frame_size(prefix: [u8; FRAME_PREFIX_BYTES], limits: FrameLimits) -> Resu
         return Err(invalid());
     }
     Ok(size)
-}
-
-/// Read one frame with no clock. `Ok(None)` when the peer closed the connection cleanly between
-/// frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    limits: FrameLimits,
-) -> Result<Option<Bytes>, FrameError> {
-    let mut prefix = [0u8; FRAME_PREFIX_BYTES];
-    let read = reader.read(&mut prefix).await?;
-    if read == 0 {
-        return Ok(None);
-    }
-    let mut progress = Progress::default();
-    let size = finish_prefix(reader, limits, prefix, read, &mut progress).await?;
-    read_body(reader, size, &mut progress).await.map(Some)
 }
 
 /// Read one frame under `timeouts`, with `sleep` as the runtime's timer. Once the size is known
@@ -258,22 +242,25 @@ mod tests {
         assert!(frame_size(*b"GET ", FrameLimits::default()).is_err());
     }
 
+    /// One frame with clocks that never fire.
+    fn read_untimed<R: AsyncRead + Unpin>(reader: &mut R, limits: FrameLimits) -> Result<Option<Bytes>, FrameError> {
+        let frame = futures_lite::future::block_on(read_frame_timed(reader, limits, FrameTimeouts::default(), thread_sleep, admit_any));
+        frame.map(|admitted| admitted.map(|(frame, _)| frame))
+    }
+
     #[test]
     fn reads_frames_and_detects_truncation() {
         let mut stream = frame_bytes(&[1, 2, 3, 4, 5, 6, 7, 8]).to_vec();
         stream.extend_from_slice(&frame_bytes(&[9; 10]));
         let mut reader = futures_lite::io::Cursor::new(stream.clone());
         let limits = FrameLimits::default();
-        let first = futures_lite::future::block_on(read_frame(&mut reader, limits)).unwrap();
+        let first = read_untimed(&mut reader, limits).unwrap();
         assert_eq!(first.unwrap().len(), 8);
-        let second = futures_lite::future::block_on(read_frame(&mut reader, limits)).unwrap();
+        let second = read_untimed(&mut reader, limits).unwrap();
         assert_eq!(second.unwrap().len(), 10);
-        assert!(futures_lite::future::block_on(read_frame(&mut reader, limits)).unwrap().is_none());
+        assert!(read_untimed(&mut reader, limits).unwrap().is_none());
         let mut cut = futures_lite::io::Cursor::new(stream[..6].to_vec());
-        assert!(matches!(
-            futures_lite::future::block_on(read_frame(&mut cut, limits)),
-            Err(FrameError::Truncated { .. })
-        ));
+        assert!(matches!(read_untimed(&mut cut, limits), Err(FrameError::Truncated { .. })));
     }
 
     /// A reader that yields `bytes` one at a time, each after `pause` (a slow-loris peer), on a

@@ -110,6 +110,19 @@ impl CoreMetrics {
 
 type Labels = Vec<(String, String)>;
 
+/// Adds `counts` (per bucket of `bounds`, then one overflow bucket) to `family` as cumulative
+/// buckets, Prometheus style: `le_us="bound"` counts everything at or below, `+Inf` everything.
+fn add_buckets(family: &Family<Labels, Counter>, labels: &Labels, bounds: &[u64], counts: &[u64]) {
+    let mut cumulative = 0;
+    for (index, count) in counts.iter().enumerate() {
+        cumulative += count;
+        let bound = bounds.get(index).map_or("+Inf".to_string(), |bound| bound.to_string());
+        let mut bucket_labels = labels.clone();
+        bucket_labels.push(("le_us".to_string(), bound));
+        family.get_or_create(&bucket_labels).inc_by(cumulative);
+    }
+}
+
 /// Render snapshots of all cores plus node-wide gauges as Prometheus text.
 pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> String {
     let mut registry = Registry::with_prefix("rill");
@@ -137,14 +150,7 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
             let labels = vec![("core".to_string(), snapshot.core.to_string()), ("call".to_string(), call.to_string())];
             storage_latency_sum.get_or_create(&labels).inc_by(latency.nanos_sum / 1_000);
             storage_latency_max.get_or_create(&labels).set(i64::try_from(latency.nanos_max / 1_000).unwrap_or(i64::MAX));
-            let mut cumulative = 0;
-            for (index, count) in latency.buckets.iter().enumerate() {
-                cumulative += count;
-                let bound = rill_engine::IO_LATENCY_BUCKETS_US.get(index).map_or("+Inf".to_string(), |bound| bound.to_string());
-                let mut bucket_labels = labels.clone();
-                bucket_labels.push(("le_us".to_string(), bound));
-                storage_latency_bucket.get_or_create(&bucket_labels).inc_by(cumulative);
-            }
+            add_buckets(&storage_latency_bucket, &labels, &rill_engine::IO_LATENCY_BUCKETS_US, &latency.buckets);
         }
         let core = vec![("core".to_string(), snapshot.core.to_string())];
         bytes_in.get_or_create(&core).inc_by(snapshot.bytes_in);
@@ -164,15 +170,7 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
             requests.get_or_create(&labels).inc_by(counters.requests);
             failures.get_or_create(&labels).inc_by(counters.failures);
             latency_sum.get_or_create(&labels).inc_by(counters.latency_us_sum);
-            // Cumulative buckets, Prometheus style: le="bound" counts everything at or below.
-            let mut cumulative = 0;
-            for (index, count) in counters.latency_buckets.iter().enumerate() {
-                cumulative += count;
-                let bound = LATENCY_BUCKETS_US.get(index).map_or("+Inf".to_string(), |bound| bound.to_string());
-                let mut bucket_labels = labels.clone();
-                bucket_labels.push(("le_us".to_string(), bound));
-                latency_bucket.get_or_create(&bucket_labels).inc_by(cumulative);
-            }
+            add_buckets(&latency_bucket, &labels, &LATENCY_BUCKETS_US, &counters.latency_buckets);
         }
     }
     registry.register("requests", "Kafka requests served", requests);

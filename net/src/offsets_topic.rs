@@ -12,11 +12,10 @@
 //! committing 10 partitions every 5 s adds about 14 MB a day. Compaction is a later issue.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Record, RecordBatchDecoder};
 
 use crate::backend::TopicPartition;
+use crate::batch::encode_plain_batch;
 use crate::group::CommittedOffset;
 
 /// Kafka's name of the offsets topic.
@@ -89,31 +88,10 @@ pub fn encode_commits(group: &str, entries: &[(TopicPartition, Option<CommittedO
     assert!(!entries.is_empty());
     let mut out = BytesMut::new();
     for chunk in entries.chunks(OFFSET_RECORDS_PER_BATCH_MAX) {
-        let records: Vec<Record> = chunk
-            .iter()
-            .enumerate()
-            .map(|(index, (partition, committed))| {
-                let index = i32::try_from(index).expect("chunk bounded");
-                Record {
-                    transactional: false,
-                    control: false,
-                    delete_horizon: false,
-                    partition_leader_epoch: -1,
-                    producer_id: -1,
-                    producer_epoch: -1,
-                    timestamp_type: TimestampType::Creation,
-                    offset: i64::from(index),
-                    // The encoder starts a new batch when offset minus sequence changes.
-                    sequence: index,
-                    timestamp: now_ms,
-                    key: Some(encode_key(group, partition)),
-                    value: committed.as_ref().map(|committed| encode_value(committed, now_ms)),
-                    headers: Default::default(),
-                }
-            })
-            .collect();
-        let options = RecordEncodeOptions { version: 2, compression: Compression::None };
-        RecordBatchEncoder::encode(&mut out, records.iter(), &options).expect("encoding into memory cannot fail");
+        let records = chunk.iter().map(|(partition, committed)| {
+            (Some(encode_key(group, partition)), committed.as_ref().map(|committed| encode_value(committed, now_ms)), Default::default())
+        });
+        encode_plain_batch(&mut out, records, now_ms).expect("encoding into memory cannot fail");
     }
     out.freeze()
 }

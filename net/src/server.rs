@@ -313,14 +313,15 @@ async fn accept_loop<S: PartitionStore + 'static>(
                 continue;
             }
         };
+        let peer_address = stream.peer_addr().ok();
+        let peer = peer_address.map_or_else(|| "unknown".to_string(), |address| address.to_string());
         if shard.metrics.connections_open.get() >= shard.config.connections_per_core_max as u64 {
             // Dropping the stream closes it: the client sees a reset and retries later.
             shard.metrics.connections_refused.set(shard.metrics.connections_refused.get() + 1);
-            let peer = stream.peer_addr().map_or_else(|_| "unknown".to_string(), |address| address.to_string());
             tracing::warn!(core = shard.core, %peer, limit = shard.config.connections_per_core_max, "connection refused: too many connections");
             continue;
         }
-        let ip = stream.peer_addr().map(|address| address.ip()).ok();
+        let ip = peer_address.map(|address| address.ip());
         let per_ip = shard.config.connections_per_ip.clone();
         if let Some(ip) = ip {
             if !per_ip.try_acquire(ip, shard.config.connections_per_ip_max) {
@@ -336,7 +337,7 @@ async fn accept_loop<S: PartitionStore + 'static>(
             // Released however the connection ends.
             let _per_ip = ip.map(|ip| ReleaseOnDrop { per_ip, ip });
             shard.metrics.connections_open.set(shard.metrics.connections_open.get() + 1);
-            serve_connection(&shard, stream, &request_budget, &stopping, stop_generation).await;
+            serve_connection(&shard, stream, peer, &request_budget, &stopping, stop_generation).await;
             shard.metrics.connections_open.set(shard.metrics.connections_open.get() - 1);
         })
         .detach();
@@ -367,12 +368,12 @@ type PendingResponse = glommio::task::JoinHandle<Result<Option<bytes::Bytes>, cr
 async fn serve_connection<S: PartitionStore + 'static>(
     shard: &Rc<Shard<S>>,
     stream: TcpStream,
+    peer: String,
     request_budget: &Rc<glommio::sync::Semaphore>,
     stopping: &ChangeSignal,
     stop_generation: u64,
 ) {
     let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().map_or_else(|_| "unknown".to_string(), |address| address.to_string());
     let limits = shard.config.frame_limits;
     let timeouts = shard.config.frame_timeouts;
     let budget_max = shard.config.request_bytes_queued_max_per_core;

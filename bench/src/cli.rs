@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// intended send time (coordinated omission corrected).
     #[arg(long)]
     pub rate: Option<u64>,
+    /// Open loop: wake the generator at most once per this many µs and send every record due
+    /// (0: once per record). Latency still counts from each record's intended time.
+    #[arg(long, default_value_t = 0)]
+    pub tick_us: u64,
     /// Closed loop: as fast as acknowledgements allow.
     #[arg(long)]
     pub max: bool,
@@ -149,7 +153,7 @@ impl BenchArgs {
     /// The workload these arguments describe.
     pub fn workload(&self) -> Workload {
         let mode = match self.rate {
-            Some(rate) => Mode::OpenLoop { rate },
+            Some(rate) => Mode::OpenLoop { rate, tick_us: self.tick_us },
             None => Mode::ClosedLoop { in_flight_max: self.in_flight },
         };
         let length = match (self.records, self.duration) {
@@ -335,7 +339,7 @@ mod tests {
         .unwrap()
         .bench;
         let workload = args.workload();
-        assert_eq!(workload.mode, Mode::OpenLoop { rate: 50_000 });
+        assert_eq!(workload.mode, Mode::OpenLoop { rate: 50_000, tick_us: 0 });
         assert_eq!(workload.length, Length::Duration { ms: 5_000 });
         assert_eq!(workload.acks, Acks::Leader);
         assert_eq!(workload.compression, Compression::Zstd);

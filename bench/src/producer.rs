@@ -207,8 +207,8 @@ pub fn drive(
             break;
         }
         let measured = intended_ns >= window.start_ns;
-        if let Pace::Open(_) = pace {
-            clock.sleep_until_ns(intended_ns);
+        if let Pace::Open(schedule) = pace {
+            clock.sleep_until_ns(schedule.send_at_ns(intended_ns));
             if measured {
                 outcome.lag.record_ns(clock.now_ns().saturating_sub(intended_ns));
             }

@@ -193,9 +193,10 @@ fn run_with<C: LoadClient>(
 
 fn pace_of(workload: &Workload, start_ns: u64, producer: usize) -> Pace {
     match workload.mode {
-        Mode::OpenLoop { rate } => {
-            Pace::Open(OpenLoopSchedule::new(start_ns, rate, workload.producers as u64, producer as u64))
-        }
+        Mode::OpenLoop { rate, tick_us } => Pace::Open(
+            OpenLoopSchedule::new(start_ns, rate, workload.producers as u64, producer as u64)
+                .with_tick_ns(tick_us.saturating_mul(1_000)),
+        ),
         Mode::ClosedLoop { in_flight_max } => Pace::Closed { in_flight_max },
     }
 }

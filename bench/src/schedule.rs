@@ -16,6 +16,7 @@ pub struct OpenLoopSchedule {
     rate_total: u64,
     producers: u64,
     producer: u64,
+    tick_ns: u64,
 }
 
 impl OpenLoopSchedule {
@@ -25,7 +26,24 @@ impl OpenLoopSchedule {
         assert!(rate_total > 0, "open loop needs a positive rate");
         assert!(producers > 0);
         assert!(producer < producers);
-        OpenLoopSchedule { start_ns, rate_total, producers, producer }
+        OpenLoopSchedule { start_ns, rate_total, producers, producer, tick_ns: 0 }
+    }
+
+    /// Wakes the generator at most once per `tick_ns` (0: once per record). Records intended within
+    /// a tick are sent together at its end: fewer wake-ups for the generator and the client's
+    /// threads, and each record's latency still counts from its own intended time, so the wait
+    /// for the tick is charged to it.
+    pub fn with_tick_ns(self, tick_ns: u64) -> Self {
+        OpenLoopSchedule { tick_ns, ..self }
+    }
+
+    /// When the generator should hand over a record intended at `intended_ns`: that time, or the
+    /// end of its tick.
+    pub fn send_at_ns(&self, intended_ns: u64) -> u64 {
+        if self.tick_ns == 0 {
+            return intended_ns;
+        }
+        intended_ns.div_ceil(self.tick_ns).saturating_mul(self.tick_ns)
     }
 
     /// When this producer's `index`-th send is intended, ns on the run's clock.
@@ -39,6 +57,22 @@ impl OpenLoopSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tick_sends_the_records_intended_within_it_at_its_end() {
+        // 100,000 records/s: one every 10 µs; a 50 µs tick sends five at a time.
+        let schedule = OpenLoopSchedule::new(0, 100_000, 1, 0).with_tick_ns(50_000);
+        let sends: Vec<u64> = (0..11).map(|i| schedule.send_at_ns(schedule.intended_ns(i))).collect();
+        let tick = 50_000;
+        assert_eq!(sends, [0, tick, tick, tick, tick, tick, 2 * tick, 2 * tick, 2 * tick, 2 * tick, 2 * tick]);
+        for i in 0..1000 {
+            let intended = schedule.intended_ns(i);
+            assert!(schedule.send_at_ns(intended) >= intended, "never early");
+            assert!(schedule.send_at_ns(intended) < intended + tick, "at most one tick late");
+        }
+        let untimed = OpenLoopSchedule::new(0, 100_000, 1, 0);
+        assert_eq!(untimed.send_at_ns(12_345), 12_345, "no tick: on time");
+    }
 
     #[test]
     fn one_producer_sends_at_exact_intervals_without_drift() {

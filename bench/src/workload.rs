@@ -16,6 +16,8 @@ pub const PARTITIONS_MAX: i32 = 4096;
 pub const DURATION_MS_MAX: u64 = 3_600_000;
 /// Highest open-loop rate, records per second over all producers.
 pub const RATE_MAX: u64 = 50_000_000;
+/// Longest open-loop generator tick, µs (a tick's wait is charged to its records' latency).
+pub const TICK_US_MAX: u64 = 10_000;
 /// Most records a closed-loop producer keeps outstanding.
 pub const IN_FLIGHT_MAX: u64 = 1_000_000;
 
@@ -27,6 +29,10 @@ pub enum Mode {
     OpenLoop {
         /// Records per second, all producers together.
         rate: u64,
+        /// The generator wakes at most once per this many µs and sends every record intended
+        /// since (0: wakes for each record). Latency still counts from each intended time.
+        #[serde(default)]
+        tick_us: u64,
     },
     /// As fast as acknowledgements allow, with at most `in_flight_max` records outstanding per
     /// producer.
@@ -166,8 +172,11 @@ impl Workload {
             ));
         }
         match self.mode {
-            Mode::OpenLoop { rate } if rate == 0 || rate > RATE_MAX => {
+            Mode::OpenLoop { rate, .. } if rate == 0 || rate > RATE_MAX => {
                 return bad(format!("rate {rate} outside 1..={RATE_MAX} records/s"));
+            }
+            Mode::OpenLoop { tick_us, .. } if tick_us > TICK_US_MAX => {
+                return bad(format!("tick {tick_us} µs above {TICK_US_MAX} µs"));
             }
             Mode::ClosedLoop { in_flight_max } if in_flight_max == 0 || in_flight_max > IN_FLIGHT_MAX => {
                 return bad(format!("in-flight {in_flight_max} outside 1..={IN_FLIGHT_MAX}"));
@@ -192,7 +201,8 @@ impl Workload {
     /// A one-line description for headers and plot titles.
     pub fn describe(&self) -> String {
         let mode = match self.mode {
-            Mode::OpenLoop { rate } => format!("open loop {rate} rec/s"),
+            Mode::OpenLoop { rate, tick_us: 0 } => format!("open loop {rate} rec/s"),
+            Mode::OpenLoop { rate, tick_us } => format!("open loop {rate} rec/s ({tick_us} µs ticks)"),
             Mode::ClosedLoop { in_flight_max } => format!("closed loop, {in_flight_max} in flight"),
         };
         format!(
@@ -214,7 +224,7 @@ pub(crate) mod tests {
 
     pub(crate) fn sample() -> Workload {
         Workload {
-            mode: Mode::OpenLoop { rate: 1000 },
+            mode: Mode::OpenLoop { rate: 1000, tick_us: 0 },
             length: Length::Duration { ms: 1000 },
             warmup_ms: 100,
             record_bytes: 100,
@@ -238,7 +248,7 @@ pub(crate) mod tests {
             (|w| w.record_bytes = HEADER_BYTES - 1, "record size"),
             (|w| w.producers = 0, "producers"),
             (|w| w.consumers = 3, "consumers but only"),
-            (|w| w.mode = Mode::OpenLoop { rate: 0 }, "rate"),
+            (|w| w.mode = Mode::OpenLoop { rate: 0, tick_us: 0 }, "rate"),
             (|w| w.mode = Mode::ClosedLoop { in_flight_max: 0 }, "in-flight"),
             (|w| w.length = Length::Duration { ms: 0 }, "duration"),
             (|w| w.partitions = 0, "partitions"),

@@ -211,6 +211,9 @@ pub struct LogStats {
     pub fdatasync_latency: crate::stats::IoLatency,
     /// Latencies of the fallocate calls reserving space ahead of appends.
     pub preallocate_latency: crate::stats::IoLatency,
+    /// Latencies of a flush's writes to one segment: from issuing them (concurrently) until the
+    /// last completes.
+    pub write_latency: crate::stats::IoLatency,
     /// Bytes written to files (including rewritten tail pages).
     pub bytes_written: u64,
 }
@@ -920,12 +923,16 @@ impl<S: Storage> PartitionLog<S> {
         };
         let path = file.path();
         let cancelled = FailIfCancelled::new(self);
+        let started = std::time::Instant::now();
         let results = futures::future::join_all(
             ops.iter()
                 .map(|op| file.write_at(op.buf.clone(), op.position)),
         )
         .await;
         cancelled.disarm();
+        if !ops.is_empty() {
+            self.state.borrow_mut().stats.write_latency.record(started.elapsed());
+        }
         let mut written = 0u64;
         for (op, result) in ops.iter().zip(&results) {
             let want = op.buf.as_bytes().len();

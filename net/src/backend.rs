@@ -163,6 +163,8 @@ pub struct StorageStats {
     pub fdatasync_latency: rill_engine::IoLatency,
     /// fallocate latencies over the core's logs.
     pub preallocate_latency: rill_engine::IoLatency,
+    /// Write latencies (a flush's writes to one segment) over the core's logs.
+    pub write_latency: rill_engine::IoLatency,
 }
 
 /// Storage failures, each mapped by the broker to a Kafka error code.

@@ -91,6 +91,7 @@ impl DiskStore {
             totals.fdatasyncs += stats.fdatasyncs;
             totals.fdatasync_latency.merge(&stats.fdatasync_latency);
             totals.preallocate_latency.merge(&stats.preallocate_latency);
+            totals.write_latency.merge(&stats.write_latency);
         }
         totals
     }
@@ -292,6 +293,7 @@ impl PartitionStore for DiskStore {
                 retired.fdatasyncs += stats.fdatasyncs;
                 retired.fdatasync_latency.merge(&stats.fdatasync_latency);
                 retired.preallocate_latency.merge(&stats.preallocate_latency);
+                retired.write_latency.merge(&stats.write_latency);
             }
             log.delete().await.map_err(|e| storage_error(&partition, e))
         }

@@ -146,7 +146,7 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
     let storage_latency_sum = Family::<Labels, Counter>::default();
     let storage_latency_max = Family::<Labels, Gauge>::default();
     for snapshot in snapshots {
-        for (call, latency) in [("fdatasync", &snapshot.storage.fdatasync_latency), ("fallocate", &snapshot.storage.preallocate_latency)] {
+        for (call, latency) in [("fdatasync", &snapshot.storage.fdatasync_latency), ("fallocate", &snapshot.storage.preallocate_latency), ("write", &snapshot.storage.write_latency)] {
             let labels = vec![("core".to_string(), snapshot.core.to_string()), ("call".to_string(), call.to_string())];
             storage_latency_sum.get_or_create(&labels).inc_by(latency.nanos_sum / 1_000);
             storage_latency_max.get_or_create(&labels).set(i64::try_from(latency.nanos_max / 1_000).unwrap_or(i64::MAX));
@@ -188,7 +188,7 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
     registry.register("fdatasyncs", "fdatasync calls issued by the partition logs of each core", fdatasyncs);
     registry.register("batch_cache_hits", "Reads served from the batch cache", cache_hits);
     registry.register("batch_cache_misses", "Reads that went to disk", cache_misses);
-    registry.register("storage_latency_us_bucket", "Storage calls (fdatasync, fallocate) at or below each latency bound (cumulative)", storage_latency_bucket);
+    registry.register("storage_latency_us_bucket", "Storage calls (fdatasync, fallocate, write) at or below each latency bound (cumulative)", storage_latency_bucket);
     registry.register("storage_latency_us_sum", "Sum of storage call latencies in microseconds", storage_latency_sum);
     registry.register("storage_latency_us_max", "Slowest storage call in microseconds", storage_latency_max);
     registry.register("failed_partitions", "Partitions that failed or refused to open", failed);
@@ -217,12 +217,14 @@ mod tests {
         second.storage.fdatasyncs = 12;
         second.storage.fdatasync_latency.record(Duration::from_micros(80));
         second.storage.fdatasync_latency.record(Duration::from_millis(30));
+        second.storage.write_latency.record(Duration::from_micros(140_000));
         second.storage.log_bytes = 4096;
         let text = render(&[metrics.snapshot(0), second], 6, 1);
         assert!(text.contains("rill_fdatasyncs_total{core=\"1\"} 12"), "{text}");
         assert!(text.contains("rill_storage_latency_us_bucket_total{core=\"1\",call=\"fdatasync\",le_us=\"100\"} 1"), "{text}");
         assert!(text.contains("rill_storage_latency_us_bucket_total{core=\"1\",call=\"fdatasync\",le_us=\"50000\"} 2"), "{text}");
         assert!(text.contains("rill_storage_latency_us_max{core=\"1\",call=\"fdatasync\"} 30000"), "{text}");
+        assert!(text.contains("rill_storage_latency_us_max{core=\"1\",call=\"write\"} 140000"), "{text}");
         assert!(text.contains("rill_log_bytes{core=\"1\"} 4096"), "{text}");
         assert!(text.contains("rill_requests_total{api=\"Produce\"} 4"), "{text}");
         assert!(text.contains("rill_bytes_in_total{core=\"1\"} 100"), "{text}");

@@ -27,6 +27,8 @@
 # Environment:
 #   PEERS_DURATION=10s   measured time per run        PEERS_WARMUP=2s   warm-up per run
 #   PEERS_RATE=50000     open-loop rate               PEERS_PAIRS=3     Rill/tansu A-B pairs (0: none)
+#   PEERS_TICK_US=50     open loop: the generator wakes at most once per this many µs (every
+#                        system alike; latency still counts from each record's intended time)
 #   PEERS_ONLY="rill redis-always"  subset of systems PEERS_NO_DOCS=1   do not touch docs/BENCHMARKS.md
 #   PEERS_QUICK=1        2 s runs, quick limits (a smoke test of the script, not figures to publish)
 set -euo pipefail
@@ -37,6 +39,7 @@ duration=${PEERS_DURATION:-10s}
 warmup=${PEERS_WARMUP:-2s}
 rate=${PEERS_RATE:-50000}
 pairs=${PEERS_PAIRS:-3}
+tick_us=${PEERS_TICK_US:-50}
 if [ "${PEERS_QUICK:-0}" = 1 ]; then duration=2s; warmup=1s; pairs=${PEERS_PAIRS:-1}; export LIMITS_QUICK=1; fi
 systems=${PEERS_ONLY:-"rill rill-memory tansu-sqlite tansu-memory nats-file redis-always redis-everysec"}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -79,6 +82,9 @@ bench=$root/target/release/rill-bench
 # --- machine --------------------------------------------------------------------------------
 log "machine limits (scripts/bench/limits.sh)"
 timeout 10m scripts/bench/limits.sh "$out/limits.json" >/dev/null
+# Deleting files frees blocks; on a disk mounted with `discard` (this VM's root is) the discards
+# then stall other writes for up to ~100 ms. Let the ones of limits.sh's test files pass first.
+sync; sleep 10
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -144,12 +150,13 @@ common=(--warmup "$warmup" --duration "$duration" --record-size 100 --partitions
 workload_args() { # workload_args max|rate
   case $1 in
     max) echo "--max --in-flight 10000 --linger-ms 5" ;;
-    rate) echo "--rate $rate --linger-ms 0" ;;
+    rate) echo "--rate $rate --tick-us $tick_us --linger-ms 0" ;;
   esac
 }
 
 # --- runs -----------------------------------------------------------------------------------
 : >"$out/commands.txt"
+doomed=()
 for system in $systems; do
   log "$system"
   for w in max rate; do
@@ -164,7 +171,8 @@ for system in $systems; do
       echo "FAILED: $system $w" >&2; tail -5 "$out/$system-$w.txt" >&2
     fi
     stop_system
-    rm -rf "$out/$system-$w/data" "$out/$system-$w/js" "$out/$system-$w"/*.db* "$out/$system-$w"/appendonly*
+    # Data is deleted only after the last run (see the note on discards above).
+    doomed+=("$out/$system-$w/data" "$out/$system-$w/js" "$out/$system-$w"/*.db* "$out/$system-$w"/appendonly*)
   done
 done
 
@@ -183,8 +191,9 @@ if [ "$pairs" -gt 0 ] && [[ " $systems " == *" rill "* ]] && [[ " $systems " == 
     fi
     pid=$rill_pid; stop_system
   fi
-  rm -rf "$out/ab-rill/data" "$out/ab-tansu"/*.db*
+  doomed+=("$out/ab-rill/data" "$out/ab-tansu"/*.db*)
 fi
+rm -rf "${doomed[@]}"
 
 # Combined plots of every system that produced a result.
 for w in rate max; do

@@ -205,7 +205,7 @@ done
 # --- report ---------------------------------------------------------------------------------
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 python3 "$root/scripts/bench/peers_report.py" --dir "$out" --systems "$systems" --load-before "$load_before" \
-  --load-after "$load_after" --rate "$rate" --duration "$duration" --warmup "$warmup" >"$out/table.md"
+  --load-after "$load_after" --rate "$rate" --tick-us "$tick_us" --duration "$duration" --warmup "$warmup" >"$out/table.md"
 cat "$out/table.md"
 if [ "${PEERS_NO_DOCS:-0}" != 1 ] && [ "${PEERS_QUICK:-0}" != 1 ]; then
   mkdir -p docs/bench

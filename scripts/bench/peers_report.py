@@ -130,12 +130,14 @@ def report(args):
              f"(commit {commit}) on {machine()}.")
     w.append(f"Load average (1/5/15 min) before: {args.load_before}; after: {args.load_after}.")
     if busy:
-        w.append("**The machine was busy (other builds running) during these runs: treat every figure as "
+        w.append("**Load average above half the CPU count (the script's own build and fio runs just "
+                 "before, and the benchmarks themselves, count towards it): treat every single run as "
                  "noisy, and the A/B pairs below as the fairer comparison.**")
     w.append("")
     w.append("Workloads: 1 producer, 1 consumer, 1 partition (or stream), 100-byte records, acks=all. "
              f"**max**: closed loop, 10,000 records in flight, librdkafka linger.ms=5. **rate**: open loop at "
-             f"{int(args.rate):,} records/s, linger.ms=0; latency from each record's intended send time "
+             f"{int(args.rate):,} records/s, linger.ms=0, the generator waking once per {args.tick_us} µs "
+             f"(`--tick-us`); latency from each record's intended send time "
              f"(coordinated omission corrected). Warm-up {args.warmup}, measured {args.duration} per run, one run each.")
     w.append("Clients: librdkafka (rdkafka crate) for Rill and tansu; for Redis and NATS, rill-bench's own "
              "protocol clients (pipelined XADD + XREAD BLOCK; JetStream publish with ack + push consumer), "
@@ -244,6 +246,7 @@ def main():
     parser.add_argument("--load-before", default="0 0 0")
     parser.add_argument("--load-after", default="0 0 0")
     parser.add_argument("--rate", default="50000")
+    parser.add_argument("--tick-us", default="0")
     parser.add_argument("--duration", default="")
     parser.add_argument("--warmup", default="")
     parser.add_argument("--splice", help="file to splice the section into")

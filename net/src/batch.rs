@@ -25,8 +25,8 @@
 
 use thiserror::Error;
 
-/// Size of the fixed RecordBatch v2 header in bytes.
-pub const BATCH_HEADER_BYTES: usize = 61;
+/// Size of the fixed RecordBatch v2 header in bytes (the engine's, which reads its fields).
+pub const BATCH_HEADER_BYTES: usize = rill_engine::envelope::KAFKA_BATCH_HEADER_BYTES;
 /// Bytes before `batch_length`'s coverage starts: base offset (8) and the length itself (4).
 pub const BATCH_LENGTH_PREFIX_BYTES: usize = 12;
 /// Offset of the first byte covered by the CRC (`attributes`).
@@ -140,18 +140,15 @@ impl BatchHeader {
     }
 }
 
-fn read_i16(bytes: &[u8], at: usize) -> i16 {
-    i16::from_be_bytes(bytes[at..at + 2].try_into().expect("two bytes"))
-}
 fn read_i32(bytes: &[u8], at: usize) -> i32 {
     i32::from_be_bytes(bytes[at..at + 4].try_into().expect("four bytes"))
 }
-fn read_i64(bytes: &[u8], at: usize) -> i64 {
-    i64::from_be_bytes(bytes[at..at + 8].try_into().expect("eight bytes"))
-}
 
-/// Parse and verify one batch starting at `position` of `buffer`.
+/// Parse and verify one batch starting at `position` of `buffer`. Framing (truncation, length)
+/// is checked here, where the position is known; the header fields and the CRC are read by the
+/// engine's parser, the one definition of the v2 header layout.
 pub fn parse_batch(buffer: &[u8], position: usize) -> Result<BatchHeader, BatchError> {
+    use rill_engine::envelope::{parse_kafka_batch, KafkaBatchError};
     let rest = &buffer[position..];
     if rest.len() < BATCH_HEADER_BYTES {
         return Err(BatchError::Truncated { position, needed: BATCH_HEADER_BYTES, available: rest.len() });
@@ -168,27 +165,32 @@ pub fn parse_batch(buffer: &[u8], position: usize) -> Result<BatchHeader, BatchE
     if rest.len() < size_bytes {
         return Err(BatchError::Truncated { position, needed: size_bytes, available: rest.len() });
     }
-    let magic = i8::from_be_bytes([rest[16]]);
-    if magic != BATCH_MAGIC_V2 {
-        return Err(BatchError::UnsupportedMagic { position, magic });
-    }
-    let stored = u32::from_be_bytes(rest[17..21].try_into().expect("four bytes"));
-    let computed = crc32c::crc32c(&rest[CRC_COVERAGE_START..size_bytes]);
-    if stored != computed {
-        return Err(BatchError::CrcMismatch { position, stored, computed });
-    }
+    let info = parse_kafka_batch(&rest[..size_bytes], true).map_err(|error| match error {
+        KafkaBatchError::UnsupportedMagic(magic) => BatchError::UnsupportedMagic { position, magic },
+        KafkaBatchError::Crc { stored, computed } => BatchError::CrcMismatch { position, stored, computed },
+        KafkaBatchError::NegativeCounts => BatchError::InvalidCount {
+            position,
+            count: read_i32(rest, 57),
+            delta: read_i32(rest, 23),
+        },
+        // Not expected: the framing above hands the parser exactly one whole batch of at least
+        // a header. Still an error, never a panic, on bytes from outside.
+        KafkaBatchError::TooShort(_) | KafkaBatchError::LengthMismatch { .. } => {
+            BatchError::InvalidLength { position, length: batch_length }
+        }
+    })?;
     let header = BatchHeader {
         position,
         size_bytes,
-        base_offset: read_i64(rest, 0),
-        attributes: read_i16(rest, 21),
-        last_offset_delta: read_i32(rest, 23),
-        first_timestamp: read_i64(rest, 27),
-        max_timestamp: read_i64(rest, 35),
-        producer_id: read_i64(rest, 43),
-        producer_epoch: read_i16(rest, 51),
-        base_sequence: read_i32(rest, 53),
-        records_count: read_i32(rest, 57),
+        base_offset: info.base_offset,
+        attributes: info.attributes,
+        last_offset_delta: info.last_offset_delta,
+        first_timestamp: info.first_timestamp,
+        max_timestamp: info.max_timestamp,
+        producer_id: info.producer_id,
+        producer_epoch: info.producer_epoch,
+        base_sequence: info.base_sequence,
+        records_count: info.record_count,
     };
     // A batch holds at least one record and no more offsets than records (compaction can leave
     // gaps, so the count may be below delta + 1, never above).

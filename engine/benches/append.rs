@@ -33,8 +33,14 @@ fn config() -> LogConfig {
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .map_or(LogConfig::default().chunk_bytes, |kib| kib << 10);
+    // RILL_BENCH_POOL: staging chunks each log keeps for reuse (default the log's).
+    let chunk_pool_max = std::env::var("RILL_BENCH_POOL")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(LogConfig::default().chunk_pool_max);
     LogConfig {
         chunk_bytes,
+        chunk_pool_max,
         segment_bytes: 1 << 30,
         retention_ms: None,
         batch_bytes_max: 2 << 20,
@@ -61,7 +67,12 @@ fn append_run(size: usize, durability: Durability, iters: u64) -> Duration {
             let log = Rc::new(log);
             let batch = rill_engine::testing::kafka_batch(10, size - 61, 0);
             let started = Instant::now();
-            let tasks: Vec<_> = (0..APPENDERS as u64)
+            // RILL_BENCH_APPENDERS: concurrent appenders (default APPENDERS).
+            let appenders: u64 = std::env::var("RILL_BENCH_APPENDERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(APPENDERS as u64);
+            let tasks: Vec<_> = (0..appenders)
                 .map(|t| {
                     let (log, batch) = (log.clone(), batch.clone());
                     glommio::spawn_local(async move {
@@ -70,7 +81,7 @@ fn append_run(size: usize, durability: Durability, iters: u64) -> Duration {
                             log.append(BytesMut::from(&batch[..]), 1, durability)
                                 .await
                                 .unwrap();
-                            i += APPENDERS as u64;
+                            i += appenders;
                         }
                     })
                 })

@@ -48,6 +48,11 @@ pub struct CoreMetrics {
     pub connections_refused: Cell<u64>,
     /// Connections closed for idling past the limit or missing a request's deadline.
     pub connections_timed_out: Cell<u64>,
+    /// Times a connection stopped reading because it had the most requests in flight allowed;
+    /// requests waiting in the socket meanwhile are not in the request latency histogram.
+    pub reads_paused: Cell<u64>,
+    /// Microseconds connections spent paused that way.
+    pub reads_paused_us: Cell<u64>,
 }
 
 /// A copy of one core's counters that can cross cores.
@@ -71,6 +76,10 @@ pub struct MetricsSnapshot {
     pub connections_refused: u64,
     /// Timed-out connections.
     pub connections_timed_out: u64,
+    /// Reads paused at the in-flight limit.
+    pub reads_paused: u64,
+    /// Microseconds of paused reads.
+    pub reads_paused_us: u64,
     /// Storage counters of the core's partitions.
     pub storage: crate::backend::StorageStats,
     /// Partitions of the core that failed or refused to open.
@@ -102,6 +111,8 @@ impl CoreMetrics {
             connections_rejected: self.connections_rejected.get(),
             connections_refused: self.connections_refused.get(),
             connections_timed_out: self.connections_timed_out.get(),
+            reads_paused: self.reads_paused.get(),
+            reads_paused_us: self.reads_paused_us.get(),
             storage: crate::backend::StorageStats::default(),
             failed_partitions: 0,
         }
@@ -137,6 +148,8 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
     let rejected = Family::<Labels, Counter>::default();
     let refused = Family::<Labels, Counter>::default();
     let timed_out = Family::<Labels, Counter>::default();
+    let reads_paused = Family::<Labels, Counter>::default();
+    let reads_paused_us = Family::<Labels, Counter>::default();
     let log_bytes = Family::<Labels, Gauge>::default();
     let fdatasyncs = Family::<Labels, Counter>::default();
     let cache_hits = Family::<Labels, Counter>::default();
@@ -160,6 +173,8 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
         rejected.get_or_create(&core).inc_by(snapshot.connections_rejected);
         refused.get_or_create(&core).inc_by(snapshot.connections_refused);
         timed_out.get_or_create(&core).inc_by(snapshot.connections_timed_out);
+        reads_paused.get_or_create(&core).inc_by(snapshot.reads_paused);
+        reads_paused_us.get_or_create(&core).inc_by(snapshot.reads_paused_us);
         log_bytes.get_or_create(&core).set(i64::try_from(snapshot.storage.log_bytes).unwrap_or(i64::MAX));
         fdatasyncs.get_or_create(&core).inc_by(snapshot.storage.fdatasyncs);
         cache_hits.get_or_create(&core).inc_by(snapshot.storage.cache_hits);
@@ -184,6 +199,12 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
     registry.register("connections_rejected", "Connections closed for bad framing or requests", rejected);
     registry.register("connections_refused", "Connections refused at the connection limit", refused);
     registry.register("connections_timed_out", "Connections closed for idling or for a request past its deadline", timed_out);
+    registry.register(
+        "connection_reads_paused",
+        "Times a connection stopped reading at its limit of requests in flight (requests then wait in the socket, outside the request latency histogram)",
+        reads_paused,
+    );
+    registry.register("connection_reads_paused_us", "Microseconds connections spent paused at that limit", reads_paused_us);
     registry.register("log_bytes", "Bytes held by the partition logs of each core", log_bytes);
     registry.register("fdatasyncs", "fdatasync calls issued by the partition logs of each core", fdatasyncs);
     registry.register("batch_cache_hits", "Reads served from the batch cache", cache_hits);
@@ -219,6 +240,8 @@ mod tests {
         second.storage.fdatasync_latency.record(Duration::from_millis(30));
         second.storage.write_latency.record(Duration::from_micros(140_000));
         second.storage.log_bytes = 4096;
+        second.reads_paused = 3;
+        second.reads_paused_us = 4500;
         let text = render(&[metrics.snapshot(0), second], 6, 1);
         assert!(text.contains("rill_fdatasyncs_total{core=\"1\"} 12"), "{text}");
         assert!(text.contains("rill_storage_latency_us_bucket_total{core=\"1\",call=\"fdatasync\",le_us=\"100\"} 1"), "{text}");
@@ -226,6 +249,8 @@ mod tests {
         assert!(text.contains("rill_storage_latency_us_max{core=\"1\",call=\"fdatasync\"} 30000"), "{text}");
         assert!(text.contains("rill_storage_latency_us_max{core=\"1\",call=\"write\"} 140000"), "{text}");
         assert!(text.contains("rill_log_bytes{core=\"1\"} 4096"), "{text}");
+        assert!(text.contains("rill_connection_reads_paused_total{core=\"1\"} 3"), "{text}");
+        assert!(text.contains("rill_connection_reads_paused_us_total{core=\"1\"} 4500"), "{text}");
         assert!(text.contains("rill_requests_total{api=\"Produce\"} 4"), "{text}");
         assert!(text.contains("rill_bytes_in_total{core=\"1\"} 100"), "{text}");
         assert!(text.contains("rill_partitions 6"), "{text}");

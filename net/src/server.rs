@@ -449,8 +449,17 @@ async fn serve_connection<S: PartitionStore + 'static>(
         })
         .detach();
         unanswered.set(unanswered.get() + 1);
+        // At the in-flight limit the connection stops reading until the oldest request is
+        // answered: count it, since the requests then queued in the socket are not yet timed.
+        let paused = queue.is_full().then(std::time::Instant::now);
         if queue.send(pending).await.is_err() {
             break;
+        }
+        if let Some(paused) = paused {
+            let metrics = &shard.metrics;
+            metrics.reads_paused.set(metrics.reads_paused.get() + 1);
+            let waited = u64::try_from(paused.elapsed().as_micros()).unwrap_or(u64::MAX);
+            metrics.reads_paused_us.set(metrics.reads_paused_us.get().saturating_add(waited));
         }
         if stopping.generation() != stop_generation {
             break;

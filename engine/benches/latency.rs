@@ -93,12 +93,12 @@ async fn closed_loop(appenders: usize) -> Report {
         .collect();
     let syncs_at_measure = {
         glommio::timer::sleep(WARM_UP).await;
-        log.stats().fdatasyncs
+        log.stats().fdatasyncs()
     };
     for t in tasks {
         t.await;
     }
-    let fdatasyncs = log.stats().fdatasyncs - syncs_at_measure;
+    let fdatasyncs = log.stats().fdatasyncs() - syncs_at_measure;
     log.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&path);
     let appends = *counters.borrow();
@@ -119,7 +119,7 @@ async fn group_commit_rounds() -> (u64, u64, u64) {
     let batch = rill_engine::testing::kafka_batch(1, BATCH_BYTES - 61, 0);
     let mut per_round = Vec::new();
     for _ in 0..50 {
-        let before = log.stats().fdatasyncs;
+        let before = log.stats().fdatasyncs();
         let tasks: Vec<_> = (0..64)
             .map(|_| {
                 let (log, batch) = (log.clone(), batch.clone());
@@ -133,7 +133,7 @@ async fn group_commit_rounds() -> (u64, u64, u64) {
         for t in tasks {
             t.await;
         }
-        per_round.push(log.stats().fdatasyncs - before);
+        per_round.push(log.stats().fdatasyncs() - before);
     }
     log.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&path);

@@ -643,7 +643,7 @@ mod on_glommio {
                 .await
                 .unwrap(),
             );
-            let before = log.stats().fdatasyncs;
+            let before = log.stats().fdatasyncs();
             let tasks: Vec<_> = (0..64)
                 .map(|_| {
                     let log = log.clone();
@@ -660,7 +660,7 @@ mod on_glommio {
             }
             offsets.sort();
             assert_eq!(offsets, (0..64).collect::<Vec<_>>());
-            let syncs = log.stats().fdatasyncs - before;
+            let syncs = log.stats().fdatasyncs() - before;
             assert!(syncs <= 4, "64 concurrent appends took {syncs} fdatasyncs");
             assert_eq!(log.durable_end_offset(), 64);
         });

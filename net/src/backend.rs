@@ -153,8 +153,6 @@ pub struct BatchSummary {
 pub struct StorageStats {
     /// Bytes held by the core's logs.
     pub log_bytes: u64,
-    /// fdatasync calls issued by the core's logs.
-    pub fdatasyncs: u64,
     /// Reads served from the batch cache.
     pub cache_hits: u64,
     /// Reads that went to disk.
@@ -165,6 +163,13 @@ pub struct StorageStats {
     pub preallocate_latency: rill_engine::IoLatency,
     /// Write latencies (a flush's writes to one segment) over the core's logs.
     pub write_latency: rill_engine::IoLatency,
+}
+
+impl StorageStats {
+    /// Group-commit fdatasync calls issued by the core's logs (the count of their histogram).
+    pub fn fdatasyncs(&self) -> u64 {
+        self.fdatasync_latency.count
+    }
 }
 
 /// Storage failures, each mapped by the broker to a Kafka error code.

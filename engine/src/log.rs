@@ -1124,29 +1124,16 @@ impl<S: Storage> PartitionLog<S> {
                     Err(EnvelopeError::Truncated { .. }) if at > 0 => break,
                     Err(source) => return Err(self.corrupt(&path, position + at as u64, source)),
                 };
-                if rest.len() < header.frame_bytes() {
-                    if at == 0 {
-                        // A frame larger than the window: read exactly it.
-                        let frame = file
-                            .read_at(position, header.frame_bytes())
-                            .await
-                            .map_err(io_err("read", &path))?;
-                        let batch = self.checked_batch(&path, position, frame)?;
-                        if keep_batch(
-                            &batch,
-                            offset,
-                            upto,
-                            &mut out,
-                            &mut payload_bytes,
-                            max_bytes,
-                        ) {
-                            return Ok(out);
-                        }
-                        position += header.frame_bytes() as u64;
-                    }
+                let frame = if rest.len() >= header.frame_bytes() {
+                    rest.slice(..header.frame_bytes())
+                } else if at == 0 {
+                    // A frame larger than the window: read exactly it.
+                    file.read_at(position, header.frame_bytes())
+                        .await
+                        .map_err(io_err("read", &path))?
+                } else {
                     break;
-                }
-                let frame = rest.slice(..header.frame_bytes());
+                };
                 let batch = self.checked_batch(&path, position + at as u64, frame)?;
                 at += header.frame_bytes();
                 if keep_batch(

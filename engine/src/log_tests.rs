@@ -63,6 +63,41 @@ async fn read_all<S: Storage>(log: &PartitionLog<S>) -> Vec<StoredBatch> {
 }
 
 #[test]
+fn reads_from_disk_return_frames_larger_than_the_read_window_whole() {
+    block_on(async {
+        let store = MemStorage::new(FaultConfig::default());
+        let clock = ManualClock::new(T0);
+        let config = LogConfig { segment_bytes: 1 << 20, ..small_config() };
+        let log = PartitionLog::open(
+            store.clone(),
+            "/data/t-0",
+            config,
+            BatchCache::shared(0),
+            Rc::new(clock.clone()),
+        )
+        .await
+        .unwrap();
+        // The disk read window is at least 64 KiB: a 200 KiB batch between two small ones.
+        let sizes = [100, 200 * 1024, 300];
+        for &body in &sizes {
+            log.append(batch(1, body, T0), 1, Durability::Write).await.unwrap();
+        }
+        let end = log.log_end_offset();
+        // A byte limit of 1 still returns the first batch whole, and only it.
+        let first = log.read(1, 1, end).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].header.base_offset, 1);
+        assert!(first[0].payload.len() > 200 * 1024);
+        // Reading everything crosses the big frame and keeps going.
+        let all = read_all(&log).await;
+        assert_eq!(all.len(), sizes.len());
+        for (stored, &body) in all.iter().zip(&sizes) {
+            assert!(stored.payload.len() > body, "{} > {body}", stored.payload.len());
+        }
+    });
+}
+
+#[test]
 fn append_assigns_offsets_and_reads_back_byte_identical() {
     let store = MemStorage::reliable();
     let clock = ManualClock::new(T0);

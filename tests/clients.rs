@@ -114,6 +114,10 @@ fn admin_http_serves_metrics_and_health() {
         .map_or(0, |count| count.trim().parse::<u64>().unwrap());
     assert!((1..=2).contains(&produces), "{metrics}");
     assert!(metrics.contains("rill_partitions 1"), "{metrics}");
+    // The produce reached the disk: the owning core timed at least one write.
+    let wrote = |line: &str| line.starts_with("rill_storage_latency_us_max{") && line.contains("call=\"write\"");
+    assert!(metrics.lines().any(|line| wrote(line) && !line.ends_with(" 0")), "{metrics}");
+    assert!(metrics.contains("rill_connection_reads_paused_total{core=\"0\"}"), "{metrics}");
     assert!(get("/nope").starts_with("HTTP/1.0 404"));
 }
 

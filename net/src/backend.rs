@@ -170,6 +170,13 @@ impl StorageStats {
     pub fn fdatasyncs(&self) -> u64 {
         self.fdatasync_latency.count
     }
+
+    /// Adds one log's storage-call latencies (the counters that outlive a deleted log).
+    pub fn add_log_latencies(&mut self, log: &rill_engine::LogStats) {
+        self.fdatasync_latency.merge(&log.fdatasync_latency);
+        self.preallocate_latency.merge(&log.preallocate_latency);
+        self.write_latency.merge(&log.write_latency);
+    }
 }
 
 /// Storage failures, each mapped by the broker to a Kafka error code.

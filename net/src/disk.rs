@@ -86,11 +86,8 @@ impl DiskStore {
         let partitions = self.partitions.borrow();
         let mut totals = *self.retired.borrow();
         for partition in partitions.values() {
-            let stats = partition.log.stats();
             totals.log_bytes += partition.log.size_bytes();
-            totals.fdatasync_latency.merge(&stats.fdatasync_latency);
-            totals.preallocate_latency.merge(&stats.preallocate_latency);
-            totals.write_latency.merge(&stats.write_latency);
+            totals.add_log_latencies(&partition.log.stats());
         }
         totals
     }
@@ -285,14 +282,8 @@ impl PartitionStore for DiskStore {
                 .log;
             let log = Rc::try_unwrap(log)
                 .map_err(|_| StorageError::Io { partition: partition.clone(), message: "partition busy".into() })?;
-            {
-                // Counters survive the partition (log bytes do not: they are gone).
-                let stats = log.stats();
-                let mut retired = self.retired.borrow_mut();
-                retired.fdatasync_latency.merge(&stats.fdatasync_latency);
-                retired.preallocate_latency.merge(&stats.preallocate_latency);
-                retired.write_latency.merge(&stats.write_latency);
-            }
+            // Counters survive the partition (log bytes do not: they are gone).
+            self.retired.borrow_mut().add_log_latencies(&log.stats());
             log.delete().await.map_err(|e| storage_error(&partition, e))
         }
     }

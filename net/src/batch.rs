@@ -31,8 +31,6 @@ pub const BATCH_HEADER_BYTES: usize = rill_engine::envelope::KAFKA_BATCH_HEADER_
 pub const BATCH_LENGTH_PREFIX_BYTES: usize = 12;
 /// Offset of the first byte covered by the CRC (`attributes`).
 const CRC_COVERAGE_START: usize = 21;
-/// The only record batch format we accept.
-pub const BATCH_MAGIC_V2: i8 = 2;
 
 const _: () = assert!(CRC_COVERAGE_START < BATCH_HEADER_BYTES);
 const _: () = assert!(BATCH_LENGTH_PREFIX_BYTES < CRC_COVERAGE_START);

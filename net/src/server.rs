@@ -321,7 +321,9 @@ async fn accept_loop<S: PartitionStore + 'static>(
             tracing::warn!(core = shard.core, %peer, limit = shard.config.connections_per_core_max, "connection refused: too many connections");
             continue;
         }
-        let ip = peer_address.map(|address| address.ip());
+        // Counted only under a limit: unlimited (the default), no core touches the shared map.
+        let limited = shard.config.connections_per_ip_max != usize::MAX;
+        let ip = peer_address.map(|address| address.ip()).filter(|_| limited);
         let per_ip = shard.config.connections_per_ip.clone();
         if let Some(ip) = ip {
             if !per_ip.try_acquire(ip, shard.config.connections_per_ip_max) {

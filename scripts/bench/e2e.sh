@@ -29,7 +29,8 @@ timeout 40m cargo build --release -p rill -p rill-bench --bin rill --bin rill-be
 rill=$root/target/release/rill
 bench=$root/target/release/rill-bench
 last_cpu=$(($(nproc) - 1))
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=common.sh
+. scripts/bench/common.sh
 metric() { # metric FILE NAME{labels}: the value of one exact series, 0 when absent
   awk -v name="$2" '$1 == name { print $2; found = 1 } END { if (!found) print 0 }' "$1"
 }
@@ -37,9 +38,7 @@ metric() { # metric FILE NAME{labels}: the value of one exact series, 0 when abs
 pid=
 stop_broker() {
   [ -n "$pid" ] || return 0
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
+  stop_pid "$pid"
   pid=
 }
 trap stop_broker EXIT

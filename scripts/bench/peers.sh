@@ -87,7 +87,8 @@ timeout 10m scripts/bench/limits.sh "$out/limits.json" >/dev/null
 sync; sleep 10
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=common.sh
+. scripts/bench/common.sh
 wait_port() { # wait_port PORT PID: until something listens, at most 60 s
   for _ in $(seq 1 600); do
     (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
@@ -143,7 +144,7 @@ start_system() {
   esac
 }
 
-stop_system() { kill "$pid" 2>/dev/null || true; for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done; kill -9 "$pid" 2>/dev/null || true; }
+stop_system() { stop_pid "$pid"; }
 
 common=(--warmup "$warmup" --duration "$duration" --record-size 100 --partitions 1 --producers 1
         --consumers 1 --acks all --quiet --out "$out")

@@ -54,6 +54,9 @@ pub struct FileConfig {
     pub queued_request_mib_per_core: Option<u64>,
     /// Open Kafka connections one client IP may hold (Kafka's `max.connections.per.ip`).
     pub max_connections_per_ip: Option<usize>,
+    /// Requests of one connection processed at once; at the limit the connection is not read
+    /// until its oldest request is answered.
+    pub max_in_flight_requests_per_connection: Option<usize>,
 }
 
 impl FileConfig {
@@ -101,6 +104,8 @@ pub struct ServeSettings {
     pub queued_request_bytes_per_core: u64,
     /// Open connections per client IP.
     pub connections_per_ip_max: usize,
+    /// Requests of one connection processed at once.
+    pub requests_in_flight_per_connection_max: usize,
 }
 
 /// Default of `max_connections` (per node).
@@ -214,6 +219,14 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<ServeSettings> 
             Some(max) => max,
             None => usize::MAX,
         },
+        requests_in_flight_per_connection_max: match file.max_in_flight_requests_per_connection {
+            Some(max) if !(1..=rill_net::server::CONNECTION_REQUESTS_IN_FLIGHT_LIMIT).contains(&max) => bail!(
+                "max_in_flight_requests_per_connection must be between 1 and {}, got {max}",
+                rill_net::server::CONNECTION_REQUESTS_IN_FLIGHT_LIMIT
+            ),
+            Some(max) => max,
+            None => rill_net::server::CONNECTION_REQUESTS_IN_FLIGHT_DEFAULT,
+        },
     })
 }
 
@@ -236,6 +249,11 @@ mod tests {
         assert_eq!(settings.connections_per_core_max, 10);
         assert_eq!(settings.frame_timeouts.idle.as_millis(), 2000);
         assert_eq!(settings.frame_timeouts.complete.as_millis(), 500);
+        assert_eq!(settings.requests_in_flight_per_connection_max, rill_net::server::CONNECTION_REQUESTS_IN_FLIGHT_DEFAULT);
+        let in_flight: FileConfig = toml::from_str("cores = 1\nmax_in_flight_requests_per_connection = 4").unwrap();
+        assert_eq!(resolve(in_flight, Overrides::default()).unwrap().requests_in_flight_per_connection_max, 4);
+        let no_in_flight: FileConfig = toml::from_str("cores = 1\nmax_in_flight_requests_per_connection = 0").unwrap();
+        assert!(resolve(no_in_flight, Overrides::default()).is_err(), "a connection must serve at least one request");
         let tiny_queue: FileConfig = toml::from_str("cores = 1\nqueued_request_mib_per_core = 1").unwrap();
         assert!(resolve(tiny_queue, Overrides::default()).is_err(), "a queue smaller than one request");
     }

@@ -189,6 +189,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         connections_per_core_max: settings.connections_per_core_max,
         frame_timeouts: settings.frame_timeouts,
         request_bytes_queued_max_per_core: settings.queued_request_bytes_per_core,
+        requests_in_flight_per_connection_max: settings.requests_in_flight_per_connection_max,
         connections_per_ip_max: settings.connections_per_ip_max,
         ..BrokerConfig::default()
     };

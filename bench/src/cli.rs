@@ -24,7 +24,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub brokers: String,
     /// Client: librdkafka for Kafka-protocol brokers; redis-streams and nats-jetstream measure
-    /// those peers with the same pacing and accounting.
+    /// those peers with the same pacing and accounting; kafka-wire is rill-bench's own small
+    /// Kafka client of the same shape as those two (single-node brokers).
     #[arg(long, value_enum, default_value = "librdkafka")]
     pub client: ClientKind,
     /// Open loop: records per second over all producers; latency counts from each record's

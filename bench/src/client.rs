@@ -7,7 +7,9 @@
 //! Kafka-protocol brokers (Rill, tansu) are driven by librdkafka ([`crate::kafka`]). The peers
 //! that do not speak Kafka are driven by small clients written against their wire protocols
 //! ([`crate::redis`], [`crate::nats`]): pipelined, one connection per producer or consumer, no
-//! client-side batching, so their figures show the server, not a slow client.
+//! linger: what one wake-up of the generator hands over leaves in one write, so their figures
+//! show the server, not a slow client. [`crate::kafka_wire`] is a Kafka-protocol client of the
+//! same shape, to set Kafka-protocol brokers beside those peers.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -27,6 +29,10 @@ pub enum ClientKind {
     RedisStreams,
     /// NATS JetStream (publish with ack, push consumer) over the NATS text protocol.
     NatsJetstream,
+    /// rill-bench's own Kafka-protocol client, shaped like the Redis and NATS ones: what one
+    /// wake-up of the generator hands over leaves in one write (one batch per partition), no
+    /// linger, pipelined; Fetch long poll. Single-node brokers only.
+    KafkaWire,
 }
 
 /// Where and how to connect: the part of a run that is not the workload.

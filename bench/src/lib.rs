@@ -29,6 +29,7 @@ pub mod compare;
 pub mod consumer;
 pub mod error;
 pub mod kafka;
+pub mod kafka_wire;
 pub mod latency;
 pub mod nats;
 pub mod payload;

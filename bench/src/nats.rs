@@ -347,13 +347,21 @@ impl RecordSink for NatsSink {
         Header { run_id: h.run_id, intended_ns, producer: h.producer_index }.write(&mut self.value);
         let partitions = i32::try_from(self.subjects.len()).expect("validated partition count");
         let subject = &self.subjects[partition_of(index, h.producer_index, partitions) as usize];
-        self.buffer.clear();
         let line = format!("PUB {subject} {}.{intended_ns} {}\r\n", self.inbox, self.value.len());
         self.buffer.extend_from_slice(line.as_bytes());
         self.buffer.extend_from_slice(&self.value);
         self.buffer.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+
+    fn write_buffered(&mut self) -> Result<(), BenchError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
         let stream = self.writer.lock().expect("nats writer poisoned");
-        (&*stream).write_all(&self.buffer).map_err(|e| io_error("publishing", &self.address, e))
+        let written = (&*stream).write_all(&self.buffer);
+        self.buffer.clear();
+        written.map_err(|e| io_error("publishing", &self.address, e))
     }
 
     fn flush(&mut self, timeout: Duration) -> Result<(), BenchError> {

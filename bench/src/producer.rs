@@ -83,6 +83,14 @@ pub trait RecordSink {
     /// loop that time is charged to the record, as it would be to a real application.
     fn send(&mut self, index: u64, intended_ns: u64) -> Result<(), BenchError>;
 
+    /// Writes what [`send`](Self::send) buffered. The producer loop calls it whenever it is
+    /// about to wait (for the next record's send time, or for room under the in-flight limit)
+    /// and when it stops, so the records handed over in one wake-up of the generator leave in
+    /// one write. Clients that batch on their own (librdkafka) buffer nothing here.
+    fn write_buffered(&mut self) -> Result<(), BenchError> {
+        Ok(())
+    }
+
     /// Waits until every record handed over has been acknowledged or has failed, at most
     /// `timeout`.
     fn flush(&mut self, timeout: Duration) -> Result<(), BenchError> {
@@ -197,6 +205,9 @@ pub fn drive(
         let intended_ns = match pace {
             Pace::Open(schedule) => schedule.intended_ns(index),
             Pace::Closed { in_flight_max } => {
+                if in_flight.count() >= in_flight_max {
+                    sink.write_buffered()?;
+                }
                 in_flight.wait_below(in_flight_max, cancel);
                 clock.now_ns()
             }
@@ -208,7 +219,11 @@ pub fn drive(
         }
         let measured = intended_ns >= window.start_ns;
         if let Pace::Open(schedule) = pace {
-            clock.sleep_until_ns(schedule.send_at_ns(intended_ns));
+            let send_at_ns = schedule.send_at_ns(intended_ns);
+            if send_at_ns > clock.now_ns() {
+                sink.write_buffered()?;
+            }
+            clock.sleep_until_ns(send_at_ns);
             if measured {
                 outcome.lag.record_ns(clock.now_ns().saturating_sub(intended_ns));
             }
@@ -218,6 +233,7 @@ pub fn drive(
         outcome.sent += 1;
         outcome.sent_measured += u64::from(measured);
     }
+    sink.write_buffered()?;
     Ok(outcome)
 }
 
@@ -418,5 +434,54 @@ mod tests {
         assert_eq!(outcome.sent, 6, "sends at 0..=5 ms; the deadline is checked before each send");
         let cancelled = drive(pace, &window, &clock, &mut broker, &in_flight, &AtomicBool::new(true)).unwrap();
         assert_eq!(cancelled.sent, 0);
+    }
+
+    /// Records what the loop hands over and when it asks for buffered records to be written.
+    struct WriteRecorder<'a> {
+        clock: &'a SimClock,
+        buffered: Vec<u64>,
+        writes: Vec<(u64, Vec<u64>)>,
+    }
+
+    impl RecordSink for WriteRecorder<'_> {
+        fn send(&mut self, _index: u64, intended_ns: u64) -> Result<(), BenchError> {
+            self.buffered.push(intended_ns);
+            Ok(())
+        }
+
+        fn write_buffered(&mut self) -> Result<(), BenchError> {
+            if !self.buffered.is_empty() {
+                self.writes.push((self.clock.now_ns(), std::mem::take(&mut self.buffered)));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn records_of_one_tick_are_written_together_before_the_generator_waits() {
+        let clock = SimClock::default();
+        let window = Window { start_ns: 0, end_ns: Some(MS), records_max: None, deadline_ns: 10 * MS };
+        let mut sink = WriteRecorder { clock: &clock, buffered: Vec::new(), writes: Vec::new() };
+        // 10,000 records/s (one per 100 µs), the generator waking once per 250 µs.
+        let schedule = OpenLoopSchedule::new(0, 10_000, 1, 0).with_tick_ns(250_000);
+        let outcome =
+            drive(Pace::Open(schedule), &window, &clock, &mut sink, &InFlight::default(), &AtomicBool::new(false)).unwrap();
+        assert_eq!(outcome.sent, 10);
+        let us = |ns: u64| ns / 1_000;
+        let writes: Vec<(u64, Vec<u64>)> =
+            sink.writes.iter().map(|(at, records)| (us(*at), records.iter().map(|r| us(*r)).collect())).collect();
+        // Each write holds the records intended up to its tick and leaves at the tick (the last
+        // two are handed over at 1 ms and written when the loop ends there).
+        assert_eq!(
+            writes,
+            vec![
+                (0, vec![0]),
+                (250, vec![100, 200]),
+                (500, vec![300, 400, 500]),
+                (750, vec![600, 700]),
+                (1000, vec![800, 900]),
+            ]
+        );
+        assert!(sink.buffered.is_empty(), "nothing is left unwritten");
     }
 }

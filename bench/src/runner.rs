@@ -88,6 +88,7 @@ pub fn run(workload: &Workload, connection: &Connection, options: &RunOptions) -
         }
         ClientKind::RedisStreams => run_with(&crate::redis::RedisClient::new(brokers), brokers, workload, options),
         ClientKind::NatsJetstream => run_with(&crate::nats::NatsClient::new(brokers), brokers, workload, options),
+        ClientKind::KafkaWire => run_with(&crate::kafka_wire::KafkaWireClient::new(brokers), brokers, workload, options),
     }
 }
 

@@ -143,3 +143,36 @@ fn open_and_closed_loop_runs_against_rill_serve() {
     assert_eq!(closed.end_to_end.as_ref().unwrap().missing_measured, 0);
     eprintln!("{}\n{}\nbench e2e took {:?}", open.to_text(), closed.to_text(), started.elapsed());
 }
+
+#[test]
+fn kafka_wire_client_runs_against_rill_serve() {
+    let Some(bin) = rill_bin() else {
+        eprintln!("SKIP: no rill binary (set RILL_BIN or run `cargo build --release --bin rill`)");
+        return;
+    };
+    let dir = tempfile::Builder::new().prefix("rill-bench-kw").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let broker = Broker::start(&bin, dir.path());
+    let kafka_wire = ["--client", "kafka-wire"];
+
+    // A 1 ms tick gathers several records per write: they go out as one batch per partition.
+    let mut open_args = kafka_wire.to_vec();
+    open_args.extend(["--rate", "4000", "--tick-us", "1000", "--warmup", "500ms", "--duration", "2s"]);
+    open_args.extend(["--partitions", "3", "--consumers", "2"]);
+    let open = bench(&broker, dir.path(), "kw-open", &open_args);
+    assert!(open.client.contains("rill-bench Kafka client"), "{}", open.client);
+    let p = &open.produce;
+    assert_eq!((p.errors, p.unacknowledged), (0, 0), "{}", open.to_text());
+    assert_eq!(p.acked_measured, 8000, "{}", open.to_text());
+    let e2e = open.end_to_end.as_ref().expect("consumers ran");
+    assert_eq!(e2e.missing_measured, 0, "every acknowledged record is read: {}", open.to_text());
+    assert_eq!(e2e.consumed_measured, 8000);
+
+    // Closed loop: whole in-flight windows leave at once, bounded by the batch size.
+    let mut closed_args = kafka_wire.to_vec();
+    closed_args.extend(["--max", "--in-flight", "2000", "--records", "30000", "--warmup", "200ms"]);
+    closed_args.extend(["--batch-size", "65536", "--consumers", "1"]);
+    let closed = bench(&broker, dir.path(), "kw-closed", &closed_args);
+    assert_eq!(closed.produce.acked_measured, 30_000, "{}", closed.to_text());
+    assert_eq!(closed.produce.errors, 0);
+    assert_eq!(closed.end_to_end.as_ref().unwrap().missing_measured, 0, "{}", closed.to_text());
+}

@@ -136,35 +136,16 @@ impl Client {
 
     /// Send one request and read its response.
     pub fn call<Q: Encodable, R: Decodable>(&mut self, api_key: ApiKey, version: i16, request: &Q) -> Result<R, ClientError> {
-        let api = crate::broker::api_name(api_key);
-        let protocol = |message: String| ClientError::Protocol { api, message };
         self.correlation_id += 1;
-        let mut frame = BytesMut::new();
-        RequestHeader::default()
-            .with_request_api_key(api_key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(text(&self.client_id)))
-            .encode(&mut frame, api_key.request_header_version(version))
-            .map_err(|error| protocol(error.to_string()))?;
-        request.encode(&mut frame, version).map_err(|error| protocol(error.to_string()))?;
-        let wire = crate::frame::frame_bytes(&frame);
+        let wire = request_frame(api_key, version, self.correlation_id, &self.client_id, request)?;
         self.stream.write_all(&wire).map_err(|error| self.io(error))?;
-        let mut size = [0u8; 4];
-        self.stream.read_exact(&mut size).map_err(|error| self.io(error))?;
-        let size = usize::try_from(i32::from_be_bytes(size)).map_err(|_| protocol("negative frame size".into()))?;
-        if size > CLIENT_FRAME_BYTES_MAX {
-            return Err(protocol(format!("response of {size} bytes above {CLIENT_FRAME_BYTES_MAX}")));
+        let (correlation_id, response) =
+            read_response(&mut self.stream, api_key, version).map_err(|error| error.at(&self.address))?;
+        if correlation_id != self.correlation_id {
+            let message = format!("correlation id {correlation_id} for request {}", self.correlation_id);
+            return Err(ClientError::Protocol { api: crate::broker::api_name(api_key), message });
         }
-        let mut body = vec![0u8; size];
-        self.stream.read_exact(&mut body).map_err(|error| self.io(error))?;
-        let mut body = Bytes::from(body);
-        let header = ResponseHeader::decode(&mut body, api_key.response_header_version(version))
-            .map_err(|error| protocol(error.to_string()))?;
-        if header.correlation_id != self.correlation_id {
-            return Err(protocol(format!("correlation id {} for request {}", header.correlation_id, self.correlation_id)));
-        }
-        R::decode(&mut body, version).map_err(|error| protocol(error.to_string()))
+        Ok(response)
     }
 
     /// All topics (or the named ones) with their partition counts.
@@ -254,23 +235,12 @@ impl Client {
 
     /// Produce records to one partition as one uncompressed batch; returns the base offset.
     pub fn produce(&mut self, topic: &str, partition: i32, records: &[OutgoingRecord], acks: i16) -> Result<i64, ClientError> {
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
-        let encoded = records
-            .iter()
-            .map(|record| (record.key.clone(), record.value.clone(), record.headers.iter().map(|(k, v)| (text(k), Some(v.clone()))).collect()));
-        let mut batch = BytesMut::new();
-        crate::batch::encode_plain_batch(&mut batch, encoded, now_ms)
-            .map_err(|error| ClientError::Protocol { api: "Produce", message: error.to_string() })?;
-        let request = ProduceRequest::default().with_transactional_id(None).with_acks(acks).with_timeout_ms(30_000).with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(text(topic)))
-            .with_partition_data(vec![PartitionProduceData::default().with_index(partition).with_records(Some(batch.freeze()))])]);
         if acks == 0 {
             return Err(ClientError::Protocol { api: "Produce", message: "acks=0 is not supported by this client".into() });
         }
-        let response: ProduceResponse = self.call(ApiKey::Produce, 8, &request)?;
-        let result = &response.responses[0].partition_responses[0];
-        check(result.error_code, || format!("produce to {topic}-{partition}"), result.error_message.as_ref())?;
-        Ok(result.base_offset)
+        let request = produce_request(topic, partition, records, acks)?;
+        let response: ProduceResponse = self.call(ApiKey::Produce, PRODUCE_VERSION, &request)?;
+        produce_result(&response, topic, partition)
     }
 
     /// Fetch from several partitions of a topic; returns records at or after each offset, and the
@@ -370,5 +340,87 @@ impl Client {
         let described = response.groups.into_iter().next().ok_or(ClientError::Protocol { api: "DescribeGroups", message: "empty answer".into() })?;
         check(described.error_code, || format!("describe group {group}"), described.error_message.as_ref())?;
         Ok(described)
+    }
+}
+
+/// The Produce version this client speaks.
+pub const PRODUCE_VERSION: i16 = 8;
+
+/// A Produce request of `records` to one partition as one uncompressed batch, timestamped now.
+pub fn produce_request(topic: &str, partition: i32, records: &[OutgoingRecord], acks: i16) -> Result<ProduceRequest, ClientError> {
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
+    let encoded = records
+        .iter()
+        .map(|record| (record.key.clone(), record.value.clone(), record.headers.iter().map(|(k, v)| (text(k), Some(v.clone()))).collect()));
+    let mut batch = BytesMut::new();
+    crate::batch::encode_plain_batch(&mut batch, encoded, now_ms)
+        .map_err(|error| ClientError::Protocol { api: "Produce", message: error.to_string() })?;
+    Ok(ProduceRequest::default().with_transactional_id(None).with_acks(acks).with_timeout_ms(30_000).with_topic_data(vec![
+        TopicProduceData::default()
+            .with_name(TopicName(text(topic)))
+            .with_partition_data(vec![PartitionProduceData::default().with_index(partition).with_records(Some(batch.freeze()))]),
+    ]))
+}
+
+/// The base offset a Produce response of one partition assigned, or its Kafka error.
+pub fn produce_result(response: &ProduceResponse, topic: &str, partition: i32) -> Result<i64, ClientError> {
+    let result = response
+        .responses
+        .first()
+        .and_then(|topic_response| topic_response.partition_responses.first())
+        .ok_or(ClientError::Protocol { api: "Produce", message: "response names no partition".into() })?;
+    check(result.error_code, || format!("produce to {topic}-{partition}"), result.error_message.as_ref())?;
+    Ok(result.base_offset)
+}
+
+/// One request as it goes on the wire: size prefix, header, body.
+pub fn request_frame<Q: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    client_id: &str,
+    request: &Q,
+) -> Result<Bytes, ClientError> {
+    let protocol = |message: String| ClientError::Protocol { api: crate::broker::api_name(api_key), message };
+    let mut frame = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(api_key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(text(client_id)))
+        .encode(&mut frame, api_key.request_header_version(version))
+        .map_err(|error| protocol(error.to_string()))?;
+    request.encode(&mut frame, version).map_err(|error| protocol(error.to_string()))?;
+    Ok(crate::frame::frame_bytes(&frame))
+}
+
+/// Reads one response frame from `stream`: its correlation id and its body decoded as `R`.
+/// Errors name no address; [`ClientError::at`] adds it.
+pub fn read_response<R: Decodable>(stream: &mut impl Read, api_key: ApiKey, version: i16) -> Result<(i32, R), ClientError> {
+    let api = crate::broker::api_name(api_key);
+    let protocol = |message: String| ClientError::Protocol { api, message };
+    let io = |source| ClientError::Io { address: String::new(), source };
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).map_err(io)?;
+    let size = usize::try_from(i32::from_be_bytes(size)).map_err(|_| protocol("negative frame size".into()))?;
+    if size > CLIENT_FRAME_BYTES_MAX {
+        return Err(protocol(format!("response of {size} bytes above {CLIENT_FRAME_BYTES_MAX}")));
+    }
+    let mut body = vec![0u8; size];
+    stream.read_exact(&mut body).map_err(io)?;
+    let mut body = Bytes::from(body);
+    let header = ResponseHeader::decode(&mut body, api_key.response_header_version(version))
+        .map_err(|error| protocol(error.to_string()))?;
+    let response = R::decode(&mut body, version).map_err(|error| protocol(error.to_string()))?;
+    Ok((header.correlation_id, response))
+}
+
+impl ClientError {
+    /// The same error, naming `address` if it is a socket error without one.
+    pub fn at(self, address: &str) -> ClientError {
+        match self {
+            ClientError::Io { address: named, source } if named.is_empty() => ClientError::Io { address: address.to_string(), source },
+            other => other,
+        }
     }
 }

@@ -63,6 +63,8 @@ pub struct BrokerConfig {
     /// Bytes of requests each core reads and holds before it stops reading more (Kafka's
     /// `queued.max.request.bytes`): bounds the memory that many clients can pin at once.
     pub request_bytes_queued_max_per_core: u64,
+    /// Requests of one connection processed at once (responses still leave in request order).
+    pub requests_in_flight_per_connection_max: usize,
     /// Open connections one client IP may hold on the node (Kafka's `max.connections.per.ip`).
     pub connections_per_ip_max: usize,
     /// The node's count of open connections per client IP, shared by every core's clone.
@@ -119,6 +121,7 @@ impl Default for BrokerConfig {
             connections_per_core_max: 10_000,
             frame_timeouts: crate::frame::FrameTimeouts::default(),
             request_bytes_queued_max_per_core: REQUEST_BYTES_QUEUED_MAX_PER_CORE_DEFAULT,
+            requests_in_flight_per_connection_max: crate::server::CONNECTION_REQUESTS_IN_FLIGHT_DEFAULT,
             connections_per_ip_max: usize::MAX,
             connections_per_ip: std::sync::Arc::default(),
         }

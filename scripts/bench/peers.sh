@@ -4,16 +4,20 @@
 #   Kafka-protocol brokers (Rill, tansu) are driven by librdkafka (`rill bench --client librdkafka`);
 #   Redis Streams and NATS JetStream by rill-bench's own small protocol clients (pipelined XADD /
 #   XREAD BLOCK; JetStream publish-with-ack and push consumers), with the same open-loop schedule,
-#   warm-up, histograms and JSON results.
+#   warm-up, histograms and JSON results. `rill-kw` is Rill again, driven by rill-bench's own
+#   Kafka client of the same shape as the Redis and NATS ones (`--client kafka-wire`), so Rill is
+#   also set beside those peers with a client like theirs.
 #
 #   Workloads (1 producer, 1 consumer, 1 partition/stream, 100-byte records, acks=all):
 #     max   closed loop, 10,000 records in flight, librdkafka linger.ms=5: throughput
 #     rate  open loop at 50,000 records/s, linger.ms=0: produce-ack and end-to-end latency
-#           (coordinated omission corrected)
+#           (coordinated omission corrected); PEERS_ROUNDS rounds, the systems taking turns in
+#           each round, and the report gives each percentile's median over the rounds
 #
 #   Systems and their durability (written beside every figure):
 #     rill            rill serve --cores 1 --storage disk --durability fsync (direct-I/O engine;
 #                     acknowledged after fdatasync)
+#     rill-kw         rill as above (fsync), measured with `--client kafka-wire`
 #     rill-memory     rill serve --cores 1 --storage memory (no durability), 4 GiB store
 #     tansu-sqlite    tansu 0.6.0, sqlite:// engine (WAL, synchronous=NORMAL: no fsync per commit)
 #     tansu-memory    tansu 0.6.0, memory:// engine (no durability)
@@ -27,6 +31,7 @@
 # Environment:
 #   PEERS_DURATION=10s   measured time per run        PEERS_WARMUP=2s   warm-up per run
 #   PEERS_RATE=50000     open-loop rate               PEERS_PAIRS=3     Rill/tansu A-B pairs (0: none)
+#   PEERS_ROUNDS=3       rate-workload rounds (systems alternate within each round)
 #   PEERS_TICK_US=50     open loop: the generator wakes at most once per this many µs (every
 #                        system alike; latency still counts from each record's intended time)
 #   PEERS_ONLY="rill redis-always"  subset of systems PEERS_NO_DOCS=1   do not touch docs/BENCHMARKS.md
@@ -40,8 +45,11 @@ warmup=${PEERS_WARMUP:-2s}
 rate=${PEERS_RATE:-50000}
 pairs=${PEERS_PAIRS:-3}
 tick_us=${PEERS_TICK_US:-50}
-if [ "${PEERS_QUICK:-0}" = 1 ]; then duration=2s; warmup=1s; pairs=${PEERS_PAIRS:-1}; export LIMITS_QUICK=1; fi
-systems=${PEERS_ONLY:-"rill rill-memory tansu-sqlite tansu-memory nats-file redis-always redis-everysec"}
+rounds=${PEERS_ROUNDS:-3}
+if [ "${PEERS_QUICK:-0}" = 1 ]; then
+  duration=2s; warmup=1s; pairs=${PEERS_PAIRS:-1}; rounds=${PEERS_ROUNDS:-1}; export LIMITS_QUICK=1
+fi
+systems=${PEERS_ONLY:-"rill rill-kw rill-memory tansu-sqlite tansu-memory nats-file redis-always redis-everysec"}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=$root/target/bench/peers/$stamp
 mkdir -p "$out"
@@ -104,7 +112,7 @@ start_system() {
   port=$(free_port)
   mkdir -p "$dir"
   case $name in
-    rill|rill-memory)
+    rill|rill-kw|rill-memory)
       local storage=(--storage disk --durability fsync)
       if [ "$name" = rill-memory ]; then
         # The in-memory store refuses appends past its budget (1 GiB per core by default).
@@ -113,7 +121,8 @@ start_system() {
       fi
       "$rill" serve --cores 1 --auto-create-topics --kafka-listen "127.0.0.1:$port" "${storage[@]}" \
         --admin-listen "127.0.0.1:$(free_port)" --data-dir "$dir/data" >"$dir/server.log" 2>&1 &
-      pid=$!; client=librdkafka ;;
+      pid=$!; client=librdkafka
+      [ "$name" = rill-kw ] && client=kafka-wire ;;
     tansu-sqlite|tansu-memory)
       # tansu resolves a sqlite:// path against its working directory, so keep it relative.
       local engine="sqlite://tansu.db"
@@ -134,7 +143,7 @@ start_system() {
   wait_port "$port" "$pid" || { echo "$name did not start:" >&2; tail -20 "$dir/server.log" >&2; return 1; }
   sleep 0.5
   case $name in
-    rill) durability="direct-I/O engine, --durability fsync (acknowledged after fdatasync)" ;;
+    rill|rill-kw) durability="direct-I/O engine, --durability fsync (acknowledged after fdatasync)" ;;
     rill-memory) durability="--storage memory (no durability)" ;;
     tansu-sqlite) durability="sqlite:// engine (WAL, synchronous=NORMAL)" ;;
     tansu-memory) durability="memory:// engine (no durability)" ;;
@@ -158,23 +167,53 @@ workload_args() { # workload_args max|rate
 # --- runs -----------------------------------------------------------------------------------
 : >"$out/commands.txt"
 doomed=()
+# run_one SYSTEM WORKLOAD NAME: a fresh server (and data directory) for one run; no run inherits
+# another's data.
+run_one() {
+  local system=$1 w=$2 name=$3
+  if ! start_system "$system" "$out/$name"; then echo "SKIPPED: $name did not start" >&2; return 0; fi
+  [ "$w" = max ] && echo "$system|$durability" >>"$out/durability.txt"
+  # shellcheck disable=SC2046
+  cmd=("$bench" --client "$client" --brokers "127.0.0.1:$port" $(workload_args "$w") "${common[@]}"
+       --label "$system" --name "$name")
+  echo "${cmd[*]}" | sed "s#$root/##g" >>"$out/commands.txt"
+  if ! timeout 5m "${cmd[@]}" >"$out/$name.txt" 2>&1; then
+    echo "FAILED: $name" >&2; tail -5 "$out/$name.txt" >&2
+  fi
+  stop_system
+  # Data is deleted only after the last run (see the note on discards above).
+  doomed+=("$out/$name/data" "$out/$name/js" "$out/$name"/*.db* "$out/$name"/appendonly*)
+}
 for system in $systems; do
-  log "$system"
-  for w in max rate; do
-    # A fresh server (and data directory) per workload: no run inherits another's data.
-    if ! start_system "$system" "$out/$system-$w"; then echo "SKIPPED: $system $w did not start" >&2; continue; fi
-    [ "$w" = max ] && echo "$system|$durability" >>"$out/durability.txt"
-    # shellcheck disable=SC2046
-    cmd=("$bench" --client "$client" --brokers "127.0.0.1:$port" $(workload_args "$w") "${common[@]}"
-         --label "$system" --name "$system-$w")
-    echo "${cmd[*]}" | sed "s#$root/##g" >>"$out/commands.txt"
-    if ! timeout 5m "${cmd[@]}" >"$out/$system-$w.txt" 2>&1; then
-      echo "FAILED: $system $w" >&2; tail -5 "$out/$system-$w.txt" >&2
-    fi
-    stop_system
-    # Data is deleted only after the last run (see the note on discards above).
-    doomed+=("$out/$system-$w/data" "$out/$system-$w/js" "$out/$system-$w"/*.db* "$out/$system-$w"/appendonly*)
+  log "$system: max"
+  run_one "$system" max "$system-max"
+done
+# The latency workload in rounds, the systems taking turns within each: a minute of a noisy
+# machine then lands on every system alike, and no single run decides a tail percentile.
+for round in $(seq 1 "$rounds"); do
+  for system in $systems; do
+    log "$system: rate, round $round of $rounds"
+    run_one "$system" rate "$system-rate-r$round"
   done
+done
+# Each system's run of median end-to-end p99.9 stands for it in the plots ($system-rate.json);
+# the report takes every percentile's median over all rounds.
+for system in $systems; do
+  python3 - "$out" "$system" <<'PY'
+import glob, json, shutil, sys
+out, system = sys.argv[1:]
+runs = []
+for path in sorted(glob.glob(f"{out}/{system}-rate-r*.json")):
+    try:
+        e2e = json.load(open(path)).get("end_to_end")
+    except (OSError, ValueError):
+        continue
+    if e2e:
+        runs.append((e2e["latency"]["p999_us"], path))
+if runs:
+    runs.sort()
+    shutil.copy(runs[(len(runs) - 1) // 2][1], f"{out}/{system}-rate.json")
+PY
 done
 
 # Rill and tansu (sqlite) alternately, A B A B, for the throughput ratio on a noisy machine.
@@ -206,7 +245,8 @@ done
 # --- report ---------------------------------------------------------------------------------
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 python3 "$root/scripts/bench/peers_report.py" --dir "$out" --systems "$systems" --load-before "$load_before" \
-  --load-after "$load_after" --rate "$rate" --tick-us "$tick_us" --duration "$duration" --warmup "$warmup" >"$out/table.md"
+  --load-after "$load_after" --rate "$rate" --tick-us "$tick_us" --duration "$duration" --warmup "$warmup" \
+  --rounds "$rounds" >"$out/table.md"
 cat "$out/table.md"
 if [ "${PEERS_NO_DOCS:-0}" != 1 ] && [ "${PEERS_QUICK:-0}" != 1 ]; then
   mkdir -p docs/bench

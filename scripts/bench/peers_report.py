@@ -6,7 +6,9 @@ Every figure printed here is read from a JSON result written by rill-bench in th
 nothing is computed except ratios (Rill / peer) and unit conversions.
 """
 import argparse
+import glob
 import json
+import statistics
 import os
 import platform
 import subprocess
@@ -76,8 +78,36 @@ def lat(result, side, key):
     return part["latency"][key] if part else None
 
 
-def targets(results, systems, rate):
-    """The issue's targets, checked against this sitting's single runs (A/B pairs below)."""
+class Rounds:
+    """The rate workload's rounds of one system: each percentile's median over them."""
+
+    def __init__(self, runs):
+        self.runs = [r for r in runs if r]
+
+    def __bool__(self):
+        return bool(self.runs)
+
+    def lat(self, side, key):
+        values = [v for v in (lat(r, side, key) for r in self.runs) if v is not None]
+        return statistics.median(values) if values else None
+
+    def records_per_s(self):
+        return statistics.median(r["produce"]["records_per_s"] for r in self.runs) if self.runs else None
+
+    def each(self, side, key):
+        return [lat(r, side, key) for r in self.runs]
+
+
+def rate_rounds(out, system):
+    paths = sorted(glob.glob(f"{out}/{system}-rate-r*.json"), key=lambda p: int(p.rsplit("-r", 1)[1][:-5]))
+    if not paths and os.path.exists(f"{out}/{system}-rate.json"):
+        paths = [f"{out}/{system}-rate.json"]  # a sitting from before rounds existed
+    return Rounds([load(p) for p in paths])
+
+
+def targets(results, rounds, systems, rate):
+    """The issue's targets: throughput from this sitting's single max runs, latency from the
+    medians of the rate rounds."""
     def tput(s):
         r = results.get((s, "max"))
         return r and r["produce"]["records_per_s"]
@@ -86,23 +116,38 @@ def targets(results, systems, rate):
         return "unknown (a run is missing)" if ok is None else ("met" if ok else "**not met**")
 
     rill, sqlite, memory = tput("rill"), tput("tansu-sqlite"), tput("tansu-memory")
-    lines = ["### Against the issue's targets (single runs of this sitting)\n"]
+    lines = ["### Against the issue's targets\n"]
     if "tansu-sqlite" in systems:
         ok = None if not (rill and sqlite) else rill >= 5 * sqlite
-        lines.append(f"- Rill (fsync) throughput at least 5x tansu sqlite's: {ratio(rill, sqlite)}x, {verdict(ok)}.")
-        rp, sp = lat(results.get(("rill", "rate")), "produce", "p99_us"), lat(results.get(("tansu-sqlite", "rate")), "produce", "p99_us")
+        lines.append(f"- Rill (fsync) throughput at least 5x tansu sqlite's (max runs): {ratio(rill, sqlite)}x, {verdict(ok)}.")
+        rp, sp = rounds["rill"].lat("produce", "p99_us"), rounds["tansu-sqlite"].lat("produce", "p99_us")
         ok = None if not (rp and sp) else rp <= sp / 3
-        lines.append(f"- Rill p99 produce latency at most 1/3 of tansu sqlite's (rate workload): ratio {ratio(rp, sp)}, {verdict(ok)}.")
+        lines.append(f"- Rill p99 produce latency at most 1/3 of tansu sqlite's (rate rounds, medians): ratio {ratio(rp, sp)}, {verdict(ok)}.")
     if "tansu-memory" in systems:
         ok = None if not (rill and memory) else rill >= memory
-        lines.append(f"- Rill (fsync) throughput at least tansu in-memory's: {ratio(rill, memory)}x, {verdict(ok)}.")
+        lines.append(f"- Rill (fsync) throughput at least tansu in-memory's (max runs): {ratio(rill, memory)}x, {verdict(ok)}.")
+    # Each peer against Rill measured with a client of the peer's kind: librdkafka for the
+    # Kafka-protocol peers (tansu), rill-bench's own small clients for Redis and NATS (rill-kw),
+    # with Rill under librdkafka shown beside them as well.
     peers = [s for s in systems if not s.startswith("rill")]
-    r999 = lat(results.get(("rill", "rate")), "e2e", "p999_us")
-    others = {s: lat(results.get((s, "rate")), "e2e", "p999_us") for s in peers}
-    if r999 is not None and all(v is not None for v in others.values()):
-        worse = [s for s, v in others.items() if r999 >= v]
-        lines.append(f"- At {int(float(rate)):,} records/s, Rill's p99.9 end-to-end below every peer's: "
-                     f"{verdict(not worse)}" + (f" (not below {', '.join(worse)})." if worse else "."))
+    lines.append(f"- At {int(float(rate)):,} records/s, Rill's p99.9 end-to-end below every peer's (medians of the "
+                 "rate rounds; Rill with the same kind of client as the peer):")
+    all_ok = True
+    for peer in peers:
+        mine = "rill" if peer.startswith("tansu") or "rill-kw" not in systems else "rill-kw"
+        a, b = rounds[mine].lat("e2e", "p999_us"), rounds[peer].lat("e2e", "p999_us")
+        ok = None if a is None or b is None else a < b
+        all_ok = all_ok and bool(ok)
+        each = [(x, y) for x, y in zip(rounds[mine].each("e2e", "p999_us"), rounds[peer].each("e2e", "p999_us"))
+                if x is not None and y is not None]
+        won = sum(1 for x, y in each if x < y)
+        also = ""
+        if mine == "rill-kw":
+            c = rounds["rill"].lat("e2e", "p999_us")
+            also = f"; Rill under librdkafka {fmt(c)} µs, {'below' if c is not None and b is not None and c < b else 'not below'}"
+        lines.append(f"  - {peer}: {mine} {fmt(a)} µs against {fmt(b)} µs, {verdict(ok)} "
+                     f"(lower in {won} of {len(each)} rounds{also}).")
+    lines.append(f"  - Overall: {verdict(all_ok)}.")
     lines.append("")
     return lines
 
@@ -116,6 +161,7 @@ def report(args):
             name, _, text = line.rstrip("\n").partition("|")
             durability[name] = text
     results = {(s, w): load(f"{out}/{s}-{w}.json") for s in systems for w in ("max", "rate")}
+    rounds = {s: rate_rounds(out, s) for s in systems}
     limits = load(f"{out}/limits.json")
     # Start time and commit of the sitting, recorded by peers.sh when it began.
     meta = dict(line.rstrip("\n").split("=", 1) for line in open(f"{out}/meta.txt")) if os.path.exists(f"{out}/meta.txt") else {}
@@ -138,60 +184,74 @@ def report(args):
              f"**max**: closed loop, 10,000 records in flight, librdkafka linger.ms=5. **rate**: open loop at "
              f"{int(args.rate):,} records/s, linger.ms=0, the generator waking once per {args.tick_us} µs "
              f"(`--tick-us`); latency from each record's intended send time "
-             f"(coordinated omission corrected). Warm-up {args.warmup}, measured {args.duration} per run, one run each.")
+             f"(coordinated omission corrected). Warm-up {args.warmup}, measured {args.duration} per run. max: one run "
+             f"per system; rate: {args.rounds} round(s), every system once per round in turn, and each latency "
+             "percentile below is the median over the rounds (the per-round end-to-end p99.9 is listed beside it).")
     w.append("Clients: librdkafka (rdkafka crate) for Rill and tansu; for Redis and NATS, rill-bench's own "
              "protocol clients (pipelined XADD + XREAD BLOCK; JetStream publish with ack + push consumer), "
              "same pacing, clock and histograms. librdkafka settings (linger, acks) do not apply to them: Redis "
-             "and NATS acknowledge each record on its own. Every system ran on the same 2 CPUs as the load generator.")
+             "and NATS acknowledge each record on its own. **rill-kw** is the same Rill (fsync) measured with "
+             "rill-bench's own Kafka client (`--client kafka-wire`), built like the Redis and NATS clients: what one "
+             "wake-up of the generator hands over leaves in one write (for Kafka one batch, for Redis one pipelined "
+             "XADD per record, for NATS one PUB per record), replies read by one thread per connection. Every system "
+             "ran on the same 2 CPUs as the load generator.")
     w.append("")
     w.append("### Machine limits (scripts/bench/limits.sh, same sitting)\n")
     w.append(limits_table(limits))
     w.append("### Figures\n")
-    w.append("| system | durability | max: records/s | max: MB/s | rate: produce-ack p50 / p99 / p99.9 µs | rate: end-to-end p50 / p99 / p99.9 µs | rate: records/s |")
-    w.append("|---|---|---|---|---|---|---|")
+    w.append("| system | durability | max: records/s | max: MB/s | rate: produce-ack p50 / p99 / p99.9 µs | rate: end-to-end p50 / p99 / p99.9 µs | rate: end-to-end p99.9 of each round µs | rate: records/s |")
+    w.append("|---|---|---|---|---|---|---|---|")
     saturated = []
     for s in systems:
-        m, r = results[(s, "max")], results[(s, "rate")]
-        pa = " / ".join(fmt(lat(r, "produce", k)) for k in ("p50_us", "p99_us", "p999_us"))
-        ee = " / ".join(fmt(lat(r, "e2e", k)) for k in ("p50_us", "p99_us", "p999_us"))
-        achieved = r and r["produce"]["records_per_s"]
+        m, r = results[(s, "max")], rounds[s]
+        pa = " / ".join(fmt(r.lat("produce", k)) for k in ("p50_us", "p99_us", "p999_us"))
+        ee = " / ".join(fmt(r.lat("e2e", k)) for k in ("p50_us", "p99_us", "p999_us"))
+        each = ", ".join(fmt(v) for v in r.each("e2e", "p999_us"))
+        achieved = r.records_per_s()
         mark = ""
         if achieved is not None and achieved < SATURATED_SHARE * float(args.rate):
             saturated.append(s)
             mark = " **(saturated)**"
         w.append(f"| {s} | {durability.get(s, '?')} | {fmt(m and m['produce']['records_per_s'])} "
-                 f"| {fmt(m and m['produce']['mb_per_s'], 1)} | {pa} | {ee} | {fmt(achieved)}{mark} |")
+                 f"| {fmt(m and m['produce']['mb_per_s'], 1)} | {pa} | {ee} | {each} | {fmt(achieved)}{mark} |")
     w.append("")
     if saturated:
         w.append(f"Saturated: {', '.join(saturated)} acknowledged less than {SATURATED_SHARE:.0%} of the offered "
                  f"{int(args.rate):,} records/s in the rate workload; their latencies there are queueing delay "
                  "that grows with the run's length (open loop), not a steady-state latency.\n")
-    missing = [f"{s}/{wl}" for (s, wl), v in results.items() if v is None]
+    missing = [f"{s}/max" for s in systems if results[(s, "max")] is None]
+    missing += [f"{s}/rate ({args.rounds} rounds, {len(rounds[s].runs)} results)" for s in systems
+                if len(rounds[s].runs) < int(args.rounds)]
     if missing:
         w.append(f"No result (run failed; see the run's .txt in target/bench/peers/): {', '.join(missing)}.\n")
+    every = [((s, "max"), results[(s, "max")]) for s in systems]
+    every += [((s, f"rate round {i + 1}"), v) for s in systems for i, v in enumerate(rounds[s].runs)]
     errors = [f"{s}/{wl}: {v['produce']['errors']} errors, {v['produce'].get('unacknowledged', 0)} unacknowledged, "
               f"{(v.get('end_to_end') or {}).get('missing_measured', 0)} unread"
-              for (s, wl), v in results.items()
+              for (s, wl), v in every
               if v and (v['produce']['errors'] or v['produce'].get('unacknowledged') or (v.get('end_to_end') or {}).get('missing_measured'))]
     if errors:
         w.append(f"Delivery errors or unread records: {'; '.join(errors)}.\n")
-    if "rill" in systems:
-        w.append("### Ratios, Rill / peer\n")
-        w.append("Throughput above 1: Rill faster. Latency below 1: Rill lower.\n")
+    for base in ("rill", "rill-kw"):
+        if base not in systems:
+            continue
+        client = "librdkafka" if base == "rill" else "rill-bench's kafka-wire client"
+        w.append(f"### Ratios, Rill ({base}: {client}) / peer\n")
+        w.append("Throughput above 1: Rill faster. Latency below 1: Rill lower. Latency ratios are of the medians over the rate rounds.\n")
         w.append("| peer | throughput (max) | produce p50 | produce p99 | produce p99.9 | e2e p50 | e2e p99 | e2e p99.9 |")
         w.append("|---|---|---|---|---|---|---|---|")
-        rm, rr = results[("rill", "max")], results[("rill", "rate")]
+        rm, rr = results[(base, "max")], rounds[base]
         for s in systems:
-            if s == "rill":
+            if s.startswith("rill"):
                 continue
-            pm, pr = results[(s, "max")], results[(s, "rate")]
+            pm, pr = results[(s, "max")], rounds[s]
             cells = [ratio(rm and rm["produce"]["records_per_s"], pm and pm["produce"]["records_per_s"])]
-            cells += [ratio(lat(rr, "produce", k), lat(pr, "produce", k)) for k in ("p50_us", "p99_us", "p999_us")]
-            cells += [ratio(lat(rr, "e2e", k), lat(pr, "e2e", k)) for k in ("p50_us", "p99_us", "p999_us")]
+            cells += [ratio(rr.lat("produce", k), pr.lat("produce", k)) for k in ("p50_us", "p99_us", "p999_us")]
+            cells += [ratio(rr.lat("e2e", k), pr.lat("e2e", k)) for k in ("p50_us", "p99_us", "p999_us")]
             w.append(f"| {s} ({durability.get(s, '?')}) | " + " | ".join(cells) + " |")
         w.append("")
     if "rill" in systems:
-        w.extend(targets(results, systems, args.rate))
+        w.extend(targets(results, rounds, systems, args.rate))
     compare = load(f"{out}/compare-rill-tansu-sqlite.json")
     if compare:
         w.append("### A/B pairs: Rill and tansu (sqlite), alternating, workload max\n")
@@ -249,6 +309,7 @@ def main():
     parser.add_argument("--tick-us", default="0")
     parser.add_argument("--duration", default="")
     parser.add_argument("--warmup", default="")
+    parser.add_argument("--rounds", default="1")
     parser.add_argument("--splice", help="file to splice the section into")
     parser.add_argument("--section", default=SECTION)
     parser.add_argument("--from", dest="source", help="markdown produced earlier")

@@ -42,6 +42,9 @@ pub struct FileConfig {
     pub durability: Option<String>,
     /// Batch cache per core, in MiB.
     pub batch_cache_mib_per_core: Option<u64>,
+    /// With durability `write` or `memory`: fdatasync every log this often, in milliseconds
+    /// (Kafka's `log.flush.interval.ms`); 0: only on segment roll and close.
+    pub flush_interval_ms: Option<u64>,
     /// Open Kafka connections the node accepts (split evenly over the cores).
     pub max_connections: Option<usize>,
     /// Close connections silent this long between requests (Kafka's `connections.max.idle.ms`).
@@ -94,6 +97,8 @@ pub struct ServeSettings {
     pub durability: rill_engine::Durability,
     /// Batch cache per core, in MiB.
     pub batch_cache_mib_per_core: u64,
+    /// Periodic fdatasync for durability `write` and `memory` (`None`: none).
+    pub flush_interval: Option<std::time::Duration>,
     /// Open Kafka connections per core.
     pub connections_per_core_max: usize,
     /// Idle limit and request deadline.
@@ -107,6 +112,10 @@ pub struct ServeSettings {
     /// Requests of one connection processed at once.
     pub requests_in_flight_per_connection_max: usize,
 }
+
+/// Default of `flush_interval_ms`: what a power cut can take with durability `write` or `memory`
+/// is bounded by about a second, as with Redis's `appendfsync everysec`.
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
 
 /// Default of `max_connections` (per node).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
@@ -207,6 +216,10 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<ServeSettings> 
         storage_disk,
         durability,
         batch_cache_mib_per_core: file.batch_cache_mib_per_core.unwrap_or(256),
+        flush_interval: match file.flush_interval_ms.unwrap_or(DEFAULT_FLUSH_INTERVAL_MS) {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        },
         connections_per_core_max: max_connections.div_ceil(cores),
         frame_timeouts: rill_net::frame::FrameTimeouts {
             idle: std::time::Duration::from_millis(idle_ms),
@@ -250,6 +263,9 @@ mod tests {
         assert_eq!(settings.frame_timeouts.idle.as_millis(), 2000);
         assert_eq!(settings.frame_timeouts.complete.as_millis(), 500);
         assert_eq!(settings.requests_in_flight_per_connection_max, rill_net::server::CONNECTION_REQUESTS_IN_FLIGHT_DEFAULT);
+        assert_eq!(settings.flush_interval, Some(std::time::Duration::from_millis(DEFAULT_FLUSH_INTERVAL_MS)));
+        let never: FileConfig = toml::from_str("cores = 1\nflush_interval_ms = 0").unwrap();
+        assert_eq!(resolve(never, Overrides::default()).unwrap().flush_interval, None);
         let in_flight: FileConfig = toml::from_str("cores = 1\nmax_in_flight_requests_per_connection = 4").unwrap();
         assert_eq!(resolve(in_flight, Overrides::default()).unwrap().requests_in_flight_per_connection_max, 4);
         let no_in_flight: FileConfig = toml::from_str("cores = 1\nmax_in_flight_requests_per_connection = 0").unwrap();

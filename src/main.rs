@@ -210,6 +210,7 @@ fn serve(args: ServeArgs) -> Result<()> {
                 durability: settings.durability,
                 cache_bytes_per_core: usize::try_from(settings.batch_cache_mib_per_core * 1024 * 1024)
                     .context("batch cache size")?,
+                flush_interval: settings.flush_interval,
             }
         } else {
             StorageChoice::Memory { bytes_max_per_core: settings.memory_store_mib_per_core * 1024 * 1024 }

@@ -49,7 +49,7 @@ pub struct DiskStore {
     durability: Durability,
     cache: SharedBatchCache,
     clock: Rc<dyn Clock>,
-    partitions: RefCell<HashMap<TopicPartition, Rc<DiskPartition>>>,
+    partitions: Rc<RefCell<HashMap<TopicPartition, Rc<DiskPartition>>>>,
     /// Partitions whose log refused to open (interior damage, I/O errors), with the reason.
     open_failures: RefCell<HashMap<TopicPartition, String>>,
     /// Counters of deleted partitions' logs, so the node's totals never go down.
@@ -65,9 +65,32 @@ impl DiskStore {
             durability,
             cache: BatchCache::shared(cache_bytes),
             clock: Rc::new(SystemClock),
-            partitions: RefCell::default(),
+            partitions: Rc::default(),
             open_failures: RefCell::default(),
             retired: RefCell::default(),
+        }
+    }
+
+    /// Every `interval`, writes and fdatasyncs what each log holds beyond its durable end (for
+    /// durability `write` and `memory`, whose acknowledgements do not wait for an fdatasync).
+    /// Runs until the executor stops. A failing fdatasync fails that log, as on any path.
+    pub fn flush_periodically(&self, interval: std::time::Duration) -> impl Future<Output = ()> + 'static {
+        let partitions = Rc::clone(&self.partitions);
+        async move {
+            loop {
+                glommio::timer::sleep(interval).await;
+                let behind: Vec<(TopicPartition, Rc<DiskPartition>)> = partitions
+                    .borrow()
+                    .iter()
+                    .filter(|(_, p)| p.log.failure().is_none() && p.log.durable_end_offset() < p.log.log_end_offset())
+                    .map(|(tp, p)| (tp.clone(), Rc::clone(p)))
+                    .collect();
+                for (partition, state) in behind {
+                    if let Err(error) = state.log.flush().await {
+                        tracing::warn!(%partition, %error, "periodic flush failed");
+                    }
+                }
+            }
         }
     }
 
@@ -520,6 +543,37 @@ mod tests {
             assert_eq!(after.fdatasyncs(), before.fdatasyncs());
             assert_eq!(after.fdatasync_latency, before.fdatasync_latency);
             assert_eq!(after.log_bytes, 0);
+        });
+    }
+
+    #[test]
+    fn periodic_flush_makes_write_durability_appends_durable() {
+        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-tmp");
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::tempdir_in(base).unwrap();
+        let root = dir.path().to_path_buf();
+        glommio::LocalExecutor::default().run(async move {
+            let tp = TopicPartition::new("t", 0);
+            let store = DiskStore::new(&root, Durability::Write, 1 << 20);
+            store.create_partition(&tp, &TopicConfig::default()).await.unwrap();
+            let log = store.get(&tp).unwrap().log.clone();
+            store.append(&tp, batches(3)).await.unwrap();
+            // Acknowledged once written: nothing has waited for an fdatasync yet.
+            assert_eq!(log.written_end_offset(), 3);
+            assert_eq!(log.durable_end_offset(), 0);
+            let syncs = store.log_totals().fdatasyncs();
+            glommio::spawn_local(store.flush_periodically(std::time::Duration::from_millis(20))).detach();
+            glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+            assert_eq!(log.durable_end_offset(), 3, "the timer fdatasynced the acknowledged appends");
+            let after_first = store.log_totals().fdatasyncs();
+            assert!(after_first > syncs);
+            // A log with nothing new is not synced again.
+            glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+            assert_eq!(store.log_totals().fdatasyncs(), after_first);
+            store.append(&tp, batches(2)).await.unwrap();
+            glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+            assert_eq!(log.durable_end_offset(), 5);
+            store.close_all().await;
         });
     }
 }

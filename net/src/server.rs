@@ -74,6 +74,10 @@ pub enum StorageChoice {
         durability: rill_engine::Durability,
         /// Batch cache per core, in bytes.
         cache_bytes_per_core: usize,
+        /// With durability `write` or `memory`: how often each core fdatasyncs its logs (Kafka's
+        /// `log.flush.interval.ms`), bounding what a power cut can take. `None`: never on a
+        /// timer (only on roll and close).
+        flush_interval: Option<Duration>,
     },
     /// Bounded memory, nothing survives a restart: no metadata file, no offsets topic (tests,
     /// benchmarks of the front-end).
@@ -152,8 +156,11 @@ pub fn run(config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), Server
         let handle = builder
             .spawn(move || async move {
                 match config.storage.clone() {
-                    StorageChoice::Disk { data_dir, durability, cache_bytes_per_core, .. } => {
+                    StorageChoice::Disk { data_dir, durability, cache_bytes_per_core, flush_interval, .. } => {
                         let store = DiskStore::new(data_dir, durability, cache_bytes_per_core);
+                        if let Some(interval) = flush_interval.filter(|_| durability != rill_engine::Durability::Fsync) {
+                            glommio::spawn_local(store.flush_periodically(interval)).detach();
+                        }
                         run_core(core, config, shutdown, mesh, drained_cores, start, store).await
                     }
                     StorageChoice::Memory { bytes_max_per_core } => {

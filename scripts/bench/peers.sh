@@ -18,6 +18,8 @@
 #     rill            rill serve --cores 1 --storage disk --durability fsync (direct-I/O engine;
 #                     acknowledged after fdatasync)
 #     rill-kw         rill as above (fsync), measured with `--client kafka-wire`
+#     rill-kw-write   rill --durability write (acknowledged once the O_DIRECT write completed;
+#                     fdatasync every second), `--client kafka-wire`: the class of redis-everysec
 #     rill-memory     rill serve --cores 1 --storage memory (no durability), 4 GiB store
 #     tansu-sqlite    tansu 0.6.0, sqlite:// engine (WAL, synchronous=NORMAL: no fsync per commit)
 #     tansu-memory    tansu 0.6.0, memory:// engine (no durability)
@@ -49,7 +51,7 @@ rounds=${PEERS_ROUNDS:-3}
 if [ "${PEERS_QUICK:-0}" = 1 ]; then
   duration=2s; warmup=1s; pairs=${PEERS_PAIRS:-1}; rounds=${PEERS_ROUNDS:-1}; export LIMITS_QUICK=1
 fi
-systems=${PEERS_ONLY:-"rill rill-kw rill-memory tansu-sqlite tansu-memory nats-file redis-always redis-everysec"}
+systems=${PEERS_ONLY:-"rill rill-kw rill-kw-write rill-memory tansu-sqlite tansu-memory nats-file redis-always redis-everysec"}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=$root/target/bench/peers/$stamp
 mkdir -p "$out"
@@ -112,8 +114,9 @@ start_system() {
   port=$(free_port)
   mkdir -p "$dir"
   case $name in
-    rill|rill-kw|rill-memory)
+    rill|rill-kw|rill-kw-write|rill-memory)
       local storage=(--storage disk --durability fsync)
+      [ "$name" = rill-kw-write ] && storage=(--storage disk --durability write)
       if [ "$name" = rill-memory ]; then
         # The in-memory store refuses appends past its budget (1 GiB per core by default).
         echo "memory_store_mib_per_core = 4096" >"$dir/rill.toml"
@@ -122,7 +125,7 @@ start_system() {
       "$rill" serve --cores 1 --auto-create-topics --kafka-listen "127.0.0.1:$port" "${storage[@]}" \
         --admin-listen "127.0.0.1:$(free_port)" --data-dir "$dir/data" >"$dir/server.log" 2>&1 &
       pid=$!; client=librdkafka
-      [ "$name" = rill-kw ] && client=kafka-wire ;;
+      [[ "$name" = rill-kw* ]] && client=kafka-wire ;;
     tansu-sqlite|tansu-memory)
       # tansu resolves a sqlite:// path against its working directory, so keep it relative.
       local engine="sqlite://tansu.db"
@@ -144,6 +147,7 @@ start_system() {
   sleep 0.5
   case $name in
     rill|rill-kw) durability="direct-I/O engine, --durability fsync (acknowledged after fdatasync)" ;;
+    rill-kw-write) durability="direct-I/O engine, --durability write (acknowledged once written; fdatasync every 1 s)" ;;
     rill-memory) durability="--storage memory (no durability)" ;;
     tansu-sqlite) durability="sqlite:// engine (WAL, synchronous=NORMAL)" ;;
     tansu-memory) durability="memory:// engine (no durability)" ;;

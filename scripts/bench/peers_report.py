@@ -126,27 +126,37 @@ def targets(results, rounds, systems, rate):
     if "tansu-memory" in systems:
         ok = None if not (rill and memory) else rill >= memory
         lines.append(f"- Rill (fsync) throughput at least tansu in-memory's (max runs): {ratio(rill, memory)}x, {verdict(ok)}.")
-    # Each peer against Rill measured with a client of the peer's kind: librdkafka for the
-    # Kafka-protocol peers (tansu), rill-bench's own small clients for Redis and NATS (rill-kw),
-    # with Rill under librdkafka shown beside them as well.
+    # Each peer against the Rill configuration that matches it: a client of the peer's kind
+    # (librdkafka for tansu; rill-bench's own small clients, kafka-wire for Rill, for Redis and
+    # NATS) and the same durability class (an fsync before each acknowledgement for
+    # redis-always; acknowledgement before the fsync, with a periodic one, for redis-everysec and
+    # nats-file). Rill with fsync is shown beside every peer as well.
+    def matched(peer):
+        if peer.startswith("tansu"):
+            return "rill"
+        if peer in ("redis-everysec", "nats-file") and "rill-kw-write" in systems:
+            return "rill-kw-write"
+        return "rill-kw" if "rill-kw" in systems else "rill"
+
     peers = [s for s in systems if not s.startswith("rill")]
     lines.append(f"- At {int(float(rate)):,} records/s, Rill's p99.9 end-to-end below every peer's (medians of the "
-                 "rate rounds; Rill with the same kind of client as the peer):")
+                 "rate rounds; Rill with the same kind of client and the same durability class as the peer):")
     all_ok = True
     for peer in peers:
-        mine = "rill" if peer.startswith("tansu") or "rill-kw" not in systems else "rill-kw"
+        mine = matched(peer)
         a, b = rounds[mine].lat("e2e", "p999_us"), rounds[peer].lat("e2e", "p999_us")
         ok = None if a is None or b is None else a < b
         all_ok = all_ok and bool(ok)
         each = [(x, y) for x, y in zip(rounds[mine].each("e2e", "p999_us"), rounds[peer].each("e2e", "p999_us"))
                 if x is not None and y is not None]
         won = sum(1 for x, y in each if x < y)
-        also = ""
-        if mine == "rill-kw":
-            c = rounds["rill"].lat("e2e", "p999_us")
-            also = f"; Rill under librdkafka {fmt(c)} µs, {'below' if c is not None and b is not None and c < b else 'not below'}"
+        also = []
+        for other in ("rill", "rill-kw"):
+            if other != mine and other in systems:
+                c = rounds[other].lat("e2e", "p999_us")
+                also.append(f"{other} (fsync) {fmt(c)} µs, {'below' if c is not None and b is not None and c < b else 'not below'}")
         lines.append(f"  - {peer}: {mine} {fmt(a)} µs against {fmt(b)} µs, {verdict(ok)} "
-                     f"(lower in {won} of {len(each)} rounds{also}).")
+                     f"(lower in {won} of {len(each)} rounds" + (f"; {'; '.join(also)}" if also else "") + ").")
     lines.append(f"  - Overall: {verdict(all_ok)}.")
     lines.append("")
     return lines

@@ -66,21 +66,31 @@ fn append_run(size: usize, durability: Durability, iters: u64) -> Duration {
             .unwrap();
             let log = Rc::new(log);
             let batch = rill_engine::testing::kafka_batch(10, size - 61, 0);
-            let started = Instant::now();
             // RILL_BENCH_APPENDERS: concurrent appenders (default APPENDERS).
             let appenders: u64 = std::env::var("RILL_BENCH_APPENDERS")
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(APPENDERS as u64);
+            // RILL_BENCH_PREBUILT=1: every appender's input batches are allocated and filled
+            // before the clock starts (as fio's buffers are), so the timed loop holds only the
+            // log's own work; otherwise each append first copies the batch into a new buffer.
+            let prebuilt = std::env::var("RILL_BENCH_PREBUILT").is_ok_and(|v| v == "1");
+            let mut inputs: Vec<Vec<BytesMut>> = (0..appenders)
+                .map(|t| {
+                    let count = if prebuilt { (t..iters).step_by(appenders as usize).count() } else { 0 };
+                    (0..count).map(|_| BytesMut::from(&batch[..])).collect()
+                })
+                .collect();
+            let started = Instant::now();
             let tasks: Vec<_> = (0..appenders)
                 .map(|t| {
                     let (log, batch) = (log.clone(), batch.clone());
+                    let mut input = std::mem::take(&mut inputs[t as usize]).into_iter();
                     glommio::spawn_local(async move {
                         let mut i = t;
                         while i < iters {
-                            log.append(BytesMut::from(&batch[..]), 1, durability)
-                                .await
-                                .unwrap();
+                            let next = input.next().unwrap_or_else(|| BytesMut::from(&batch[..]));
+                            log.append(next, 1, durability).await.unwrap();
                             i += appenders;
                         }
                     })

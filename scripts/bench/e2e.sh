@@ -13,6 +13,7 @@
 #   E2E_RUNS=3          runs               E2E_RATE=50000     records/s
 #   E2E_DURATION=10s    measured per run   E2E_TICK_US=50     generator tick (`rill bench --tick-us`)
 #   E2E_BROKER_ARGS="--durability fsync"   extra `rill serve` flags (e.g. "--storage memory")
+#   E2E_CLIENT=librdkafka                  `rill bench --client` (librdkafka or kafka-wire)
 # Output: target/bench/e2e/<stamp>/ (JSON and PNG per run, broker metrics, table.md), table printed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,6 +23,7 @@ rate=${E2E_RATE:-50000}
 duration=${E2E_DURATION:-10s}
 tick_us=${E2E_TICK_US:-50}
 broker_args=${E2E_BROKER_ARGS:-"--durability fsync"}
+client=${E2E_CLIENT:-librdkafka}
 out=target/bench/e2e/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
 
@@ -57,7 +59,7 @@ for run in $(seq 1 "$runs"); do
     --data-dir "$dir/data" $broker_args >"$dir/broker.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 100); do curl -sf "127.0.0.1:$admin/health" >/dev/null 2>&1 && break; sleep 0.1; done
-  cmd=(taskset -c "$last_cpu" "$bench" --brokers "127.0.0.1:$port" --rate "$rate" --tick-us "$tick_us"
+  cmd=(taskset -c "$last_cpu" "$bench" --client "$client" --brokers "127.0.0.1:$port" --rate "$rate" --tick-us "$tick_us"
        --duration "$duration" --warmup 2s --record-size 100 --partitions 1 --producers 1 --consumers 1
        --acks all --linger-ms 0 --quiet --out "$dir" --name "run-$run")
   echo "${cmd[*]}" | sed "s#$root/##g" >>"$out/commands.txt"

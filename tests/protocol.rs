@@ -32,6 +32,13 @@ impl Client {
     }
 
     fn send_raw(&mut self, api_key: ApiKey, version: i16, body: &[u8]) -> i32 {
+        let (correlation_id, wire) = self.frame(api_key, version, body);
+        self.stream.write_all(&wire).unwrap();
+        correlation_id
+    }
+
+    /// The next request as it goes on the wire, and its correlation id.
+    fn frame(&mut self, api_key: ApiKey, version: i16, body: &[u8]) -> (i32, Vec<u8>) {
         self.correlation_id += 1;
         let mut frame = BytesMut::new();
         RequestHeader::default()
@@ -45,8 +52,7 @@ impl Client {
         let mut wire = Vec::new();
         wire.extend_from_slice(&i32::try_from(frame.len()).unwrap().to_be_bytes());
         wire.extend_from_slice(&frame);
-        self.stream.write_all(&wire).unwrap();
-        self.correlation_id
+        (self.correlation_id, wire)
     }
 
     fn read_frame(&mut self) -> Option<Bytes> {
@@ -270,4 +276,62 @@ fn list_offsets_earliest_latest_and_by_timestamp() {
     assert_eq!(lookup(&mut client, 1_500), 2);
     assert_eq!(lookup(&mut client, 3_000), 4);
     assert_eq!(lookup(&mut client, 9_000), -1);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_behind_a_waiting_fetch() {
+    let broker = Broker::start(1, &[]);
+    let mut client = Client::connect(&broker);
+    create_topic(&mut client, "pipe", 1, &[]);
+    // One write: a long-polling Fetch of the empty partition, then more produce requests than
+    // the connection processes at once, then ApiVersions. The fetch is answered first (woken by
+    // the first append), every produce in order behind it, answers that are ready together
+    // coalesced into shared writes.
+    let produces = 300;
+    let fetch = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(5_000)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("pipe")))
+            .with_partitions(vec![FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(1 << 20)])]);
+    let mut body = BytesMut::new();
+    fetch.encode(&mut body, 11).unwrap();
+    let (fetch_id, mut wire) = client.frame(ApiKey::Fetch, 11, &body);
+    let mut produce_ids = Vec::new();
+    for _ in 0..produces {
+        let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![
+            TopicProduceData::default().with_name(TopicName(StrBytes::from_static_str("pipe"))).with_partition_data(vec![
+                PartitionProduceData::default().with_index(0).with_records(Some(Bytes::from(encode_test_batch(-1, -1, 2, 100)))),
+            ]),
+        ]);
+        let mut body = BytesMut::new();
+        request.encode(&mut body, 8).unwrap();
+        let (id, frame) = client.frame(ApiKey::Produce, 8, &body);
+        produce_ids.push(id);
+        wire.extend_from_slice(&frame);
+    }
+    let mut body = BytesMut::new();
+    ApiVersionsRequest::default().encode(&mut body, 0).unwrap();
+    let (versions_id, frame) = client.frame(ApiKey::ApiVersions, 0, &body);
+    wire.extend_from_slice(&frame);
+    let started = Instant::now();
+    client.stream.write_all(&wire).unwrap();
+
+    let mut frame = client.read_frame().expect("fetch response");
+    assert_eq!(ResponseHeader::decode(&mut frame, ApiKey::Fetch.response_header_version(11)).unwrap().correlation_id, fetch_id);
+    let fetched = FetchResponse::decode(&mut frame, 11).unwrap();
+    assert_eq!(fetched.responses[0].partitions[0].error_code, 0);
+    assert!(started.elapsed() < Duration::from_secs(4), "the fetch was woken by an append, not its timeout");
+    for (i, id) in produce_ids.iter().enumerate() {
+        let mut frame = client.read_frame().expect("produce response");
+        let header = ResponseHeader::decode(&mut frame, ApiKey::Produce.response_header_version(8)).unwrap();
+        assert_eq!(header.correlation_id, *id, "answer {i} out of order");
+        let response = ProduceResponse::decode(&mut frame, 8).unwrap();
+        let partition = &response.responses[0].partition_responses[0];
+        assert_eq!((partition.error_code, partition.base_offset), (0, 2 * i64::try_from(i).unwrap()));
+    }
+    let mut frame = client.read_frame().expect("api versions response");
+    assert_eq!(ResponseHeader::decode(&mut frame, ApiKey::ApiVersions.response_header_version(0)).unwrap().correlation_id, versions_id);
 }

@@ -86,6 +86,57 @@ pub trait LoadClient: Sync {
     fn sink(&self, workload: &Workload, topic: &str, handle: ProducerHandle) -> Result<Self::Sink, BenchError>;
 }
 
+/// How long to wait for a new topic to show in metadata with all its partitions.
+pub const TOPIC_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+/// Pause between metadata checks while waiting for a topic.
+const TOPIC_READY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Polls `check` until it says the topic is ready (`Ok`), at most [`TOPIC_READY_WAIT`]; its
+/// last `Err` text goes into the error.
+pub fn wait_for_topic(topic: &str, mut check: impl FnMut() -> Result<(), String>) -> Result<(), BenchError> {
+    let started = std::time::Instant::now();
+    let mut detail = String::from("no metadata yet");
+    while started.elapsed() < TOPIC_READY_WAIT {
+        match check() {
+            Ok(()) => return Ok(()),
+            Err(why) => detail = why,
+        }
+        std::thread::sleep(TOPIC_READY_POLL);
+    }
+    Err(BenchError::TopicNotReady {
+        topic: topic.into(),
+        waited_ms: u64::try_from(TOPIC_READY_WAIT.as_millis()).unwrap_or(u64::MAX),
+        detail,
+    })
+}
+
+/// The thread reading one producer connection's replies, stopped when the sink is dropped.
+pub struct ReplyThread {
+    closing: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ReplyThread {
+    /// Spawns `read(closing)`; `closing` is set before the socket is shut down, so the reader
+    /// can tell a requested stop from a broken connection.
+    pub fn spawn(name: &str, read: impl FnOnce(&AtomicBool) + Send + 'static) -> std::io::Result<Self> {
+        let closing = Arc::new(AtomicBool::new(false));
+        let flag = closing.clone();
+        let thread = std::thread::Builder::new().name(name.into()).spawn(move || read(&flag))?;
+        Ok(ReplyThread { closing, thread: Some(thread) })
+    }
+
+    /// Marks the stop as requested, runs `shutdown` (which must end the reader's blocking read)
+    /// and joins the thread.
+    pub fn stop(&mut self, shutdown: impl FnOnce()) {
+        self.closing.store(true, std::sync::atomic::Ordering::Release);
+        shutdown();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The partition of a producer's `index`-th record: round-robin, producers offset so they do not
 /// all start on partition 0.
 pub fn partition_of(index: u64, producer: u32, partitions: i32) -> i32 {

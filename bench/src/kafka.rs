@@ -36,10 +36,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const QUEUE_FULL_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Pause between retries while librdkafka's queue is full.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_micros(100);
-/// How long to wait for a new topic to show in metadata with all its partitions.
-const TOPIC_READY_WAIT: Duration = Duration::from_secs(15);
-/// Pause between metadata checks while waiting for a topic.
-const TOPIC_READY_POLL: Duration = Duration::from_millis(100);
 /// librdkafka's delivery timeout: a record not acknowledged by then counts as an error.
 const MESSAGE_TIMEOUT_MS: u64 = 30_000;
 /// librdkafka's producer queue bound in records, high enough that closed-loop in-flight limits
@@ -136,30 +132,13 @@ fn wait_for_topic(connection: &KafkaClient, topic: &str, partitions: i32) -> Res
         .set("allow.auto.create.topics", "true")
         .create_with_context(TracingLog)
         .map_err(|e| BenchError::kafka("creating metadata client", e))?;
-    let started = Instant::now();
-    let mut detail = String::from("no metadata yet");
-    while started.elapsed() < TOPIC_READY_WAIT {
-        match consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT) {
-            Ok(metadata) => {
-                let found = metadata.topics().iter().find(|t| t.name() == topic);
-                match found {
-                    Some(t) if t.error().is_none() && t.partitions().len() == partitions as usize => {
-                        return Ok(())
-                    }
-                    Some(t) => {
-                        detail = format!("{} partitions, error {:?}", t.partitions().len(), t.error())
-                    }
-                    None => detail = "topic absent from metadata".into(),
-                }
-            }
-            Err(error) => detail = error.to_string(),
-        }
-        std::thread::sleep(TOPIC_READY_POLL);
-    }
-    Err(BenchError::TopicNotReady {
-        topic: topic.into(),
-        waited_ms: u64::try_from(TOPIC_READY_WAIT.as_millis()).unwrap_or(u64::MAX),
-        detail,
+    crate::client::wait_for_topic(topic, || match consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT) {
+        Ok(metadata) => match metadata.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && t.partitions().len() == partitions as usize => Ok(()),
+            Some(t) => Err(format!("{} partitions, error {:?}", t.partitions().len(), t.error())),
+            None => Err("topic absent from metadata".into()),
+        },
+        Err(error) => Err(error.to_string()),
     })
 }
 

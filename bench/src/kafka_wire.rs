@@ -17,14 +17,13 @@ use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rill_net::client::{produce_request, produce_result, read_response, request_frame, Client, ClientError, OutgoingRecord, PRODUCE_VERSION};
 use rill_net::kafka_protocol::messages::{ApiKey, ProduceResponse};
 
-use crate::client::{filler, partition_of, LoadClient, ProducerHandle, Reader};
+use crate::client::{filler, partition_of, wait_for_topic, LoadClient, ProducerHandle, Reader, ReplyThread};
 use crate::consumer::ConsumeStats;
 use crate::error::BenchError;
 use crate::payload::Header;
@@ -35,12 +34,6 @@ use crate::workload::{Acks, Workload};
 const FETCH_WAIT_MS: i32 = 100;
 /// Kafka's error code for a topic that already exists.
 const TOPIC_ALREADY_EXISTS: i16 = 36;
-/// How long to wait for a new topic to show in metadata with all its partitions.
-const TOPIC_READY_WAIT: Duration = Duration::from_secs(15);
-/// Pause between metadata checks while waiting for a topic.
-const TOPIC_READY_POLL: Duration = Duration::from_millis(100);
-/// Pause between in-flight checks while flushing.
-const FLUSH_POLL: Duration = Duration::from_millis(1);
 /// The client id this client sends.
 const CLIENT_ID: &str = "rill-bench";
 
@@ -83,20 +76,10 @@ impl LoadClient for KafkaWireClient {
             Ok(()) | Err(ClientError::Kafka { code: TOPIC_ALREADY_EXISTS, .. }) => {}
             Err(error) => return Err(BenchError::CreateTopic { topic: topic.into(), reason: error.to_string() }),
         }
-        let started = Instant::now();
-        let mut detail = String::from("no metadata yet");
-        while started.elapsed() < TOPIC_READY_WAIT {
-            match client.partition_count(topic) {
-                Ok(count) if count == partitions => return Ok(()),
-                Ok(count) => detail = format!("{count} partitions"),
-                Err(error) => detail = error.to_string(),
-            }
-            std::thread::sleep(TOPIC_READY_POLL);
-        }
-        Err(BenchError::TopicNotReady {
-            topic: topic.into(),
-            waited_ms: u64::try_from(TOPIC_READY_WAIT.as_millis()).unwrap_or(u64::MAX),
-            detail,
+        wait_for_topic(topic, || match client.partition_count(topic) {
+            Ok(count) if count == partitions => Ok(()),
+            Ok(count) => Err(format!("{count} partitions")),
+            Err(error) => Err(error.to_string()),
         })
     }
 
@@ -117,7 +100,6 @@ impl LoadClient for KafkaWireClient {
         stream.set_nodelay(true).map_err(|e| io("setting TCP_NODELAY", e))?;
         let replies = stream.try_clone().map_err(|e| io("cloning socket", e))?;
         let pending: Arc<Mutex<Pending>> = Arc::default();
-        let closing = Arc::new(AtomicBool::new(false));
         let acks = match workload.acks {
             Acks::None => 0,
             Acks::Leader => 1,
@@ -126,18 +108,14 @@ impl LoadClient for KafkaWireClient {
         let reply_thread = if acks == 0 {
             None // Kafka sends no response to acks=0.
         } else {
-            let (pending, closing, handle, topic) = (pending.clone(), closing.clone(), handle.clone(), topic.to_string());
-            let thread = std::thread::Builder::new()
-                .name("kafka-replies".into())
-                .spawn(move || read_replies(replies, &topic, &pending, &closing, &handle))
-                .map_err(|e| io("spawning reply thread", e))?;
-            Some(thread)
+            let (pending, handle, topic) = (pending.clone(), handle.clone(), topic.to_string());
+            let read = move |closing: &AtomicBool| read_replies(replies, &topic, &pending, closing, &handle);
+            Some(ReplyThread::spawn("kafka-replies", read).map_err(|e| io("spawning reply thread", e))?)
         };
         Ok(KafkaWireSink {
             address: self.address.clone(),
             stream,
             pending,
-            closing,
             reply_thread,
             topic: topic.into(),
             partitions: workload.partitions,
@@ -199,8 +177,7 @@ pub struct KafkaWireSink {
     address: String,
     stream: TcpStream,
     pending: Arc<Mutex<Pending>>,
-    closing: Arc<AtomicBool>,
-    reply_thread: Option<JoinHandle<()>>,
+    reply_thread: Option<ReplyThread>,
     topic: String,
     partitions: i32,
     acks: i16,
@@ -266,20 +243,17 @@ impl RecordSink for KafkaWireSink {
 
     fn flush(&mut self, timeout: Duration) -> Result<(), BenchError> {
         self.write_buffered()?;
-        let started = Instant::now();
-        while self.handle.in_flight.count() > 0 && started.elapsed() < timeout {
-            std::thread::sleep(FLUSH_POLL);
-        }
+        self.handle.in_flight.wait_empty(timeout);
         Ok(())
     }
 }
 
 impl Drop for KafkaWireSink {
     fn drop(&mut self) {
-        self.closing.store(true, Ordering::Release);
-        let _ = self.stream.shutdown(Shutdown::Both);
-        if let Some(thread) = self.reply_thread.take() {
-            let _ = thread.join();
+        let stream = &self.stream;
+        match &mut self.reply_thread {
+            Some(reply_thread) => reply_thread.stop(|| drop(stream.shutdown(Shutdown::Both))),
+            None => drop(stream.shutdown(Shutdown::Both)),
         }
     }
 }

@@ -15,10 +15,9 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::client::{filler, partition_of, LoadClient, ProducerHandle, Reader};
+use crate::client::{filler, partition_of, LoadClient, ProducerHandle, Reader, ReplyThread};
 use crate::consumer::ConsumeStats;
 use crate::error::BenchError;
 use crate::payload::Header;
@@ -33,8 +32,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const FRAME_BYTES_MAX: usize = 8 << 20;
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 256 << 10;
-/// Pause between in-flight checks while flushing.
-const FLUSH_POLL: Duration = Duration::from_millis(1);
 
 fn io_error(operation: &'static str, address: &str, source: std::io::Error) -> BenchError {
     BenchError::Io { operation, path: address.into(), source }
@@ -278,19 +275,15 @@ impl LoadClient for NatsClient {
         let inbox = format!("_INBOX.{:016x}", rand::random::<u64>());
         connection.write(format!("SUB {inbox}.* 1\r\n").as_bytes())?;
         let writer = connection.writer.clone();
-        let closing = Arc::new(AtomicBool::new(false));
         let reply_thread = {
-            let (closing, handle, prefix) = (closing.clone(), handle.clone(), format!("{inbox}."));
-            std::thread::Builder::new()
-                .name("nats-acks".into())
-                .spawn(move || read_acks(connection, &prefix, &closing, &handle))
+            let (handle, prefix) = (handle.clone(), format!("{inbox}."));
+            ReplyThread::spawn("nats-acks", move |closing| read_acks(connection, &prefix, closing, &handle))
                 .map_err(|e| io_error("spawning ack thread", "nats", e))?
         };
         Ok(NatsSink {
             address: self.address.clone(),
             writer,
-            closing,
-            reply_thread: Some(reply_thread),
+            reply_thread,
             subjects: (0..workload.partitions).map(|p| format!("{topic}.{p}")).collect(),
             inbox,
             value: filler(workload.record_bytes, handle.run_id ^ (u64::from(handle.producer_index) << 32)),
@@ -332,8 +325,7 @@ fn read_acks(mut connection: Connection, prefix: &str, closing: &AtomicBool, han
 pub struct NatsSink {
     address: String,
     writer: Arc<Mutex<TcpStream>>,
-    closing: Arc<AtomicBool>,
-    reply_thread: Option<JoinHandle<()>>,
+    reply_thread: ReplyThread,
     subjects: Vec<String>,
     inbox: String,
     value: Vec<u8>,
@@ -365,21 +357,16 @@ impl RecordSink for NatsSink {
     }
 
     fn flush(&mut self, timeout: Duration) -> Result<(), BenchError> {
-        let started = Instant::now();
-        while self.handle.in_flight.count() > 0 && started.elapsed() < timeout {
-            std::thread::sleep(FLUSH_POLL);
-        }
+        self.write_buffered()?;
+        self.handle.in_flight.wait_empty(timeout);
         Ok(())
     }
 }
 
 impl Drop for NatsSink {
     fn drop(&mut self) {
-        self.closing.store(true, Ordering::Release);
-        let _ = self.writer.lock().map(|s| s.shutdown(Shutdown::Both));
-        if let Some(thread) = self.reply_thread.take() {
-            let _ = thread.join();
-        }
+        let writer = &self.writer;
+        self.reply_thread.stop(|| drop(writer.lock().map(|s| s.shutdown(Shutdown::Both))));
     }
 }
 

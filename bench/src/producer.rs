@@ -130,6 +130,15 @@ impl InFlight {
         self.count.load(Ordering::Acquire)
     }
 
+    /// Waits until no record is outstanding, at most `timeout` (polling: used once, at the end
+    /// of a run).
+    pub fn wait_empty(&self, timeout: Duration) {
+        let started = Instant::now();
+        while self.count() > 0 && started.elapsed() < timeout {
+            std::thread::sleep(IN_FLIGHT_WAIT_SLICE);
+        }
+    }
+
     /// Blocks until fewer than `limit` records are outstanding or `cancel` is set.
     pub fn wait_below(&self, limit: u64, cancel: &AtomicBool) {
         while self.count() >= limit && !cancel.load(Ordering::Relaxed) {

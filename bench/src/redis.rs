@@ -11,10 +11,9 @@ use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::client::{filler, partition_of, LoadClient, ProducerHandle, Reader};
+use crate::client::{filler, partition_of, LoadClient, ProducerHandle, Reader, ReplyThread};
 use crate::consumer::ConsumeStats;
 use crate::error::BenchError;
 use crate::payload::Header;
@@ -28,8 +27,6 @@ const XREAD_BLOCK_MS: &str = "100";
 const XREAD_COUNT: &str = "10000";
 /// Socket read timeout: a server silent for this long has failed the run.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pause between in-flight checks while flushing.
-const FLUSH_POLL: Duration = Duration::from_millis(1);
 
 fn io_error(operation: &'static str, address: &str, source: std::io::Error) -> BenchError {
     BenchError::Io { operation, path: address.into(), source }
@@ -102,20 +99,16 @@ impl LoadClient for RedisClient {
         let stream = self.connect()?;
         let replies = stream.try_clone().map_err(|e| io_error("cloning socket", &self.address, e))?;
         let pending: Arc<Mutex<VecDeque<u64>>> = Arc::default();
-        let closing = Arc::new(AtomicBool::new(false));
         let reply_thread = {
-            let (pending, closing, handle) = (pending.clone(), closing.clone(), handle.clone());
-            std::thread::Builder::new()
-                .name("redis-replies".into())
-                .spawn(move || read_replies(replies, &pending, &closing, &handle))
+            let (pending, handle) = (pending.clone(), handle.clone());
+            ReplyThread::spawn("redis-replies", move |closing| read_replies(replies, &pending, closing, &handle))
                 .map_err(|e| io_error("spawning reply thread", "redis", e))?
         };
         Ok(RedisSink {
             address: self.address.clone(),
             stream,
             pending,
-            closing,
-            reply_thread: Some(reply_thread),
+            reply_thread,
             keys: (0..workload.partitions).map(|p| stream_key(topic, p)).collect(),
             value: filler(workload.record_bytes, handle.run_id ^ (u64::from(handle.producer_index) << 32)),
             buffer: Vec::with_capacity(workload.record_bytes + 128),
@@ -160,8 +153,7 @@ pub struct RedisSink {
     address: String,
     stream: TcpStream,
     pending: Arc<Mutex<VecDeque<u64>>>,
-    closing: Arc<AtomicBool>,
-    reply_thread: Option<JoinHandle<()>>,
+    reply_thread: ReplyThread,
     keys: Vec<String>,
     value: Vec<u8>,
     buffer: Vec<u8>,
@@ -190,21 +182,16 @@ impl RecordSink for RedisSink {
     }
 
     fn flush(&mut self, timeout: Duration) -> Result<(), BenchError> {
-        let started = Instant::now();
-        while self.handle.in_flight.count() > 0 && started.elapsed() < timeout {
-            std::thread::sleep(FLUSH_POLL);
-        }
+        self.write_buffered()?;
+        self.handle.in_flight.wait_empty(timeout);
         Ok(())
     }
 }
 
 impl Drop for RedisSink {
     fn drop(&mut self) {
-        self.closing.store(true, Ordering::Release);
-        let _ = self.stream.shutdown(Shutdown::Both);
-        if let Some(thread) = self.reply_thread.take() {
-            let _ = thread.join();
-        }
+        let stream = &self.stream;
+        self.reply_thread.stop(|| drop(stream.shutdown(Shutdown::Both)));
     }
 }
 

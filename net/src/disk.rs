@@ -494,6 +494,13 @@ mod tests {
     use super::*;
     use crate::batch::{encode_test_batch, parse_batches};
 
+    /// A directory on the data disk (O_DIRECT does not work on every /tmp).
+    fn data_disk_tempdir() -> tempfile::TempDir {
+        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-tmp");
+        std::fs::create_dir_all(&base).unwrap();
+        tempfile::tempdir_in(base).unwrap()
+    }
+
     fn batches(count: i32) -> AppendBatches {
         let bytes = Bytes::from(encode_test_batch(-1, -1, count, 100));
         let headers = parse_batches(&bytes).unwrap();
@@ -502,10 +509,7 @@ mod tests {
 
     #[test]
     fn appends_survive_reopen_and_read_whole_batches() {
-        // On the data disk (O_DIRECT does not work on every /tmp).
-        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-tmp");
-        std::fs::create_dir_all(&base).unwrap();
-        let dir = tempfile::tempdir_in(base).unwrap();
+        let dir = data_disk_tempdir();
         let root = dir.path().to_path_buf();
         glommio::LocalExecutor::default().run(async move {
             let tp = TopicPartition::new("t", 0);
@@ -548,9 +552,7 @@ mod tests {
 
     #[test]
     fn periodic_flush_makes_write_durability_appends_durable() {
-        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-tmp");
-        std::fs::create_dir_all(&base).unwrap();
-        let dir = tempfile::tempdir_in(base).unwrap();
+        let dir = data_disk_tempdir();
         let root = dir.path().to_path_buf();
         glommio::LocalExecutor::default().run(async move {
             let tp = TopicPartition::new("t", 0);

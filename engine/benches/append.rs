@@ -24,7 +24,26 @@ fn bench_dir(name: &str) -> PathBuf {
         .join("engine-bench")
         .join(name);
     let _ = std::fs::remove_dir_all(&dir);
+    settle(dir.parent().expect("bench dir has a parent"));
     dir
+}
+
+/// Commits the file system holding `dir` (syncfs), so work left by the previous sample (the
+/// journal commit of its deleted files and, on a file system mounted with `discard`, the discards
+/// that commit issues) is done before the next sample's clock starts, as it is before fio's.
+/// `RILL_BENCH_SETTLE=0` skips it.
+fn settle(dir: &std::path::Path) {
+    if std::env::var("RILL_BENCH_SETTLE").is_ok_and(|v| v == "0") {
+        return;
+    }
+    std::fs::create_dir_all(dir).expect("create bench dir");
+    // coreutils' `sync -f` is syncfs(2) on the file system holding its argument.
+    let status = std::process::Command::new("sync")
+        .arg("-f")
+        .arg(dir)
+        .status()
+        .expect("run sync -f");
+    assert!(status.success(), "sync -f {}: {status}", dir.display());
 }
 
 fn config() -> LogConfig {
@@ -38,9 +57,15 @@ fn config() -> LogConfig {
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(LogConfig::default().chunk_pool_max);
+    // RILL_BENCH_PREALLOC_MIB: the preallocation step (default the log's).
+    let preallocate_bytes = std::env::var("RILL_BENCH_PREALLOC_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(LogConfig::default().preallocate_bytes, |mib| mib << 20);
     LogConfig {
         chunk_bytes,
         chunk_pool_max,
+        preallocate_bytes,
         segment_bytes: 1 << 30,
         retention_ms: None,
         batch_bytes_max: 2 << 20,
@@ -77,7 +102,11 @@ fn append_run(size: usize, durability: Durability, iters: u64) -> Duration {
             let prebuilt = std::env::var("RILL_BENCH_PREBUILT").is_ok_and(|v| v == "1");
             let mut inputs: Vec<Vec<BytesMut>> = (0..appenders)
                 .map(|t| {
-                    let count = if prebuilt { (t..iters).step_by(appenders as usize).count() } else { 0 };
+                    let count = if prebuilt {
+                        (t..iters).step_by(appenders as usize).count()
+                    } else {
+                        0
+                    };
                     (0..count).map(|_| BytesMut::from(&batch[..])).collect()
                 })
                 .collect();
@@ -101,6 +130,23 @@ fn append_run(size: usize, durability: Durability, iters: u64) -> Duration {
             }
             log.flush().await.unwrap();
             let elapsed = started.elapsed();
+            if std::env::var("RILL_BENCH_STATS").is_ok_and(|v| v == "1") {
+                // Where a sample's time went: the flushes' writes in flight, fallocate, fdatasync.
+                let s = log.stats();
+                let ms = |nanos: u64| nanos as f64 / 1e6;
+                eprintln!(
+                    "sample: {iters} appends in {:.1} ms; {} flushes, writes in flight {:.1} ms, \
+                     fallocate {} calls {:.1} ms, fdatasync {} calls {:.1} ms, {:.1} MiB written",
+                    elapsed.as_secs_f64() * 1e3,
+                    s.flushes,
+                    ms(s.write_latency.nanos_sum),
+                    s.preallocate_latency.count,
+                    ms(s.preallocate_latency.nanos_sum),
+                    s.fdatasync_latency.count,
+                    ms(s.fdatasync_latency.nanos_sum),
+                    s.bytes_written as f64 / (1 << 20) as f64,
+                );
+            }
             log.close().await.unwrap();
             let _ = std::fs::remove_dir_all(&dir);
             elapsed

@@ -18,6 +18,8 @@ fi
 runtime=${LIMITS_QUICK:+3}; runtime=${runtime:-10}
 dir=target/bench/fio
 rm -f "$dir"/*
+# Commit the deletions (and, with a `discard` mount, their discards) before anything is timed.
+sync -f "$dir"
 
 fio_json() { fio --output-format=json --directory="$dir" --name=limits "$@" 2>/dev/null; }
 
@@ -26,6 +28,7 @@ seq_write=$(fio_json --rw=write --bs=1M --direct=1 --ioengine=io_uring --iodepth
 seq_read=$(fio_json --rw=read --bs=1M --direct=1 --ioengine=io_uring --iodepth=8 --size=2G --filename=seq.dat |
   jq '.jobs[0].read.bw_bytes')
 rm -f "$dir/seq.dat"
+sync -f "$dir"
 # 4 KiB durable writes at queue depth 1 into a preallocated file, time-bounded.
 dsync=$(fio_json --rw=write --bs=4k --direct=1 --sync=dsync --ioengine=psync --size=256M --runtime="$runtime" \
   --time_based --filename=dsync.dat --percentile_list=50:90:99:99.9 |

@@ -46,8 +46,8 @@ stop_broker() {
 trap stop_broker EXIT
 
 {
-  echo "| run | end-to-end p50 / p99 / p99.9 / max µs | produce-ack p99 µs | generator lag p99.9 µs | broker write max µs | fdatasync max µs | reads paused (times, ms) |"
-  echo "|---|---|---|---|---|---|---|"
+  echo "| run | end-to-end p50 / p99 / p99.9 / max µs | produce-ack p99 µs | generator lag p99.9 µs | broker write max µs | fdatasync max µs | fallocate calls, max µs | reads paused (times, ms) |"
+  echo "|---|---|---|---|---|---|---|---|"
 } >"$out/table.md"
 for run in $(seq 1 "$runs"); do
   dir=$out/run-$run
@@ -70,14 +70,16 @@ for run in $(seq 1 "$runs"); do
   python3 - "$dir/run-$run.json" "$run" \
     "$(metric "$m" 'rill_storage_latency_us_max{core="0",call="write"}')" \
     "$(metric "$m" 'rill_storage_latency_us_max{core="0",call="fdatasync"}')" \
+    "$(metric "$m" 'rill_storage_latency_us_bucket_total{core="0",call="fallocate",le_us="+Inf"}')" \
+    "$(metric "$m" 'rill_storage_latency_us_max{core="0",call="fallocate"}')" \
     "$(metric "$m" 'rill_connection_reads_paused_total{core="0"}')" \
     "$(metric "$m" 'rill_connection_reads_paused_us_total{core="0"}')" >>"$out/table.md" <<'EOF'
 import json, sys
-path, run, write_max, sync_max, paused, paused_us = sys.argv[1:]
+path, run, write_max, sync_max, falloc_count, falloc_max, paused, paused_us = sys.argv[1:]
 try:
     result = json.load(open(path))
 except (OSError, ValueError):
-    print(f"| {run} | failed | | | | | |")
+    print(f"| {run} | failed | | | | | | |")
     sys.exit(0)
 def pct(latency, key):
     return f"{latency[key]:,.0f}"
@@ -86,6 +88,7 @@ ack = result["produce"]["latency"]
 lag = result["produce"]["generator_lag"]
 print(f"| {run} | {pct(e2e, 'p50_us')} / {pct(e2e, 'p99_us')} / {pct(e2e, 'p999_us')} / {pct(e2e, 'max_us')} "
       f"| {pct(ack, 'p99_us')} | {pct(lag, 'p999_us')} | {int(float(write_max)):,} | {int(float(sync_max)):,} "
+      f"| {int(float(falloc_count)):,}, {int(float(falloc_max)):,} "
       f"| {int(float(paused)):,}, {float(paused_us) / 1000:,.1f} |")
 EOF
 done

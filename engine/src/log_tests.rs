@@ -67,7 +67,10 @@ fn reads_from_disk_return_frames_larger_than_the_read_window_whole() {
     block_on(async {
         let store = MemStorage::new(FaultConfig::default());
         let clock = ManualClock::new(T0);
-        let config = LogConfig { segment_bytes: 1 << 20, ..small_config() };
+        let config = LogConfig {
+            segment_bytes: 1 << 20,
+            ..small_config()
+        };
         let log = PartitionLog::open(
             store.clone(),
             "/data/t-0",
@@ -80,7 +83,9 @@ fn reads_from_disk_return_frames_larger_than_the_read_window_whole() {
         // The disk read window is at least 64 KiB: a 200 KiB batch between two small ones.
         let sizes = [100, 200 * 1024, 300];
         for &body in &sizes {
-            log.append(batch(1, body, T0), 1, Durability::Write).await.unwrap();
+            log.append(batch(1, body, T0), 1, Durability::Write)
+                .await
+                .unwrap();
         }
         let end = log.log_end_offset();
         // A byte limit of 1 still returns the first batch whole, and only it.
@@ -92,7 +97,11 @@ fn reads_from_disk_return_frames_larger_than_the_read_window_whole() {
         let all = read_all(&log).await;
         assert_eq!(all.len(), sizes.len());
         for (stored, &body) in all.iter().zip(&sizes) {
-            assert!(stored.payload.len() > body, "{} > {body}", stored.payload.len());
+            assert!(
+                stored.payload.len() > body,
+                "{} > {body}",
+                stored.payload.len()
+            );
         }
     });
 }
@@ -699,6 +708,87 @@ mod on_glommio {
             assert!(syncs <= 4, "64 concurrent appends took {syncs} fdatasyncs");
             assert_eq!(log.durable_end_offset(), 64);
         });
+    }
+
+    /// With large `Write` batches, a flush that leaves appenders unserved hands over: the next
+    /// flush starts before any appender it served returns (so the disk writes while they copy
+    /// their next batches in); with small batches, served appenders return first.
+    #[test]
+    fn streaming_write_flushes_start_the_next_flush_before_served_appenders_return() {
+        for (body, streams) in [(512 << 10, true), (4 << 10, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("topic-0");
+            let trace = run(async move {
+                let clock: Rc<dyn Clock> = Rc::new(ManualClock::new(T0));
+                let config = LogConfig {
+                    segment_bytes: 1 << 30,
+                    batch_bytes_max: 1 << 20,
+                    ..LogConfig::default()
+                };
+                let log = Rc::new(
+                    PartitionLog::open(GlommioStorage, path, config, BatchCache::shared(0), clock)
+                        .await
+                        .unwrap(),
+                );
+                let tasks: Vec<_> = (0..4)
+                    .map(|_| {
+                        let log = log.clone();
+                        glommio::spawn_local(async move {
+                            for _ in 0..12 {
+                                log.append(batch(1, body, T0), 1, Durability::Write)
+                                    .await
+                                    .unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await;
+                }
+                assert_eq!(read_all(&log).await.len(), 48);
+                log.close().await.unwrap();
+                log.flush_trace()
+            });
+            check_hand_overs(&trace, streams);
+        }
+    }
+
+    /// Checks every flush end in `trace`: after one that handed over, the next flush starts
+    /// before any appender it served returns; `streams` says whether hand-overs must happen.
+    fn check_hand_overs(trace: &[FlushEvent], streams: bool) {
+        let mut written_before = 0;
+        let mut hand_overs = 0;
+        for (i, event) in trace.iter().enumerate() {
+            let FlushEvent::End {
+                written,
+                handed_over,
+            } = *event
+            else {
+                continue;
+            };
+            let served = |e: &FlushEvent| match e {
+                FlushEvent::Return { offset } => *offset > written_before && *offset <= written,
+                _ => false,
+            };
+            let later = &trace[i + 1..];
+            let first_served = later.iter().position(served);
+            let next_start = later.iter().position(|e| *e == FlushEvent::Start);
+            if handed_over {
+                hand_overs += 1;
+                let next_start = next_start.expect("a hand-over starts a next flush");
+                assert!(
+                    first_served.is_none_or(|r| next_start < r),
+                    "flush ending at {written} handed over, yet a served appender returned \
+                     before the next flush started: {trace:?}"
+                );
+            }
+            written_before = written;
+        }
+        if streams {
+            assert!(hand_overs > 0, "no flush handed over: {trace:?}");
+        } else {
+            assert_eq!(hand_overs, 0, "small batches handed over: {trace:?}");
+        }
     }
 }
 

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in microseconds (one overflow bucket follows).
-pub const IO_LATENCY_BUCKETS_US: [u64; 13] =
-    [25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000];
+pub const IO_LATENCY_BUCKETS_US: [u64; 13] = [
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000,
+];
 
 /// Latencies of one kind of storage call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

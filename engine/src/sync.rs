@@ -2,7 +2,8 @@
 //! the log runs unchanged inside glommio or a test's `block_on`.
 //!
 //! Release hands the lock directly to the oldest waiter, so critical sections run in the order
-//! their callers first asked (appends keep their arrival order).
+//! their callers first asked (appends keep their arrival order). [`WakeList`] parks tasks until
+//! an event and can wake the ones that still have work to start before the rest.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -118,6 +119,111 @@ impl Drop for LocalMutexGuard {
     }
 }
 
+/// Tasks parked until some event (the end of a flush), each with a key saying what it waits
+/// for. [`wake_all`](Self::wake_all) can wake the tasks whose key is still unserved first, so one
+/// of them acts (starts the next flush) before the served ones run.
+#[derive(Debug)]
+pub struct WakeList<K> {
+    parked: RefCell<Vec<Rc<Parked<K>>>>,
+}
+
+impl<K> Default for WakeList<K> {
+    fn default() -> Self {
+        WakeList {
+            parked: RefCell::new(Vec::new()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Parked<K> {
+    key: K,
+    woken: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl<K: Copy> WakeList<K> {
+    /// Parks until the next [`wake_all`](Self::wake_all).
+    pub fn wait(&self, key: K) -> Park<'_, K> {
+        Park {
+            list: self,
+            key,
+            slot: None,
+        }
+    }
+
+    /// Wakes every parked task. With `first`, those whose key it accepts are woken before the
+    /// rest; each group keeps arrival order. Returns how many tasks `first` accepted.
+    pub fn wake_all(&self, first: Option<&dyn Fn(K) -> bool>) -> usize {
+        let parked = std::mem::take(&mut *self.parked.borrow_mut());
+        let (early, late): (Vec<_>, Vec<_>) = match first {
+            Some(first) => parked.into_iter().partition(|p| first(p.key)),
+            None => (Vec::new(), parked),
+        };
+        let accepted = early.len();
+        for p in early.into_iter().chain(late) {
+            p.woken.set(true);
+            if let Some(waker) = p.waker.borrow_mut().take() {
+                waker.wake();
+            }
+        }
+        accepted
+    }
+
+    /// How many tasks are parked.
+    pub fn len(&self) -> usize {
+        self.parked.borrow().len()
+    }
+
+    /// True when no task is parked.
+    pub fn is_empty(&self) -> bool {
+        self.parked.borrow().is_empty()
+    }
+}
+
+/// The future of [`WakeList::wait`]. Dropped before it was woken, it leaves the list.
+pub struct Park<'a, K> {
+    list: &'a WakeList<K>,
+    key: K,
+    slot: Option<Rc<Parked<K>>>,
+}
+
+impl<K: Copy + Unpin> Future for Park<'_, K> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &self.slot {
+            Some(slot) if slot.woken.get() => Poll::Ready(()),
+            Some(slot) => {
+                *slot.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            None => {
+                let slot = Rc::new(Parked {
+                    key: self.key,
+                    woken: Cell::new(false),
+                    waker: RefCell::new(Some(cx.waker().clone())),
+                });
+                self.list.parked.borrow_mut().push(slot.clone());
+                self.slot = Some(slot);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<K> Drop for Park<'_, K> {
+    fn drop(&mut self) {
+        if let Some(slot) = &self.slot {
+            if !slot.woken.get() {
+                self.list
+                    .parked
+                    .borrow_mut()
+                    .retain(|p| !Rc::ptr_eq(p, slot));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +258,55 @@ mod tests {
             }
             assert_eq!(*order.borrow(), (0..8).collect::<Vec<_>>());
             assert!(!mutex.is_locked());
+        });
+    }
+
+    #[test]
+    fn wake_list_wakes_the_accepted_keys_first_and_forgets_dropped_waiters() {
+        glommio::LocalExecutor::default().run(async {
+            let list = Rc::new(WakeList::<u32>::default());
+            let order = Rc::new(RefCell::new(Vec::new()));
+            let mut tasks = Vec::new();
+            for key in 0..6u32 {
+                let (list, order) = (list.clone(), order.clone());
+                tasks.push(glommio::spawn_local(async move {
+                    list.wait(key).await;
+                    order.borrow_mut().push(key);
+                }));
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            assert_eq!(list.len(), 6);
+            // A waiter that gives up leaves the list.
+            let gave_up = glommio::timer::timeout(std::time::Duration::from_millis(1), async {
+                list.wait(99).await;
+                Ok(())
+            })
+            .await;
+            assert!(gave_up.is_err());
+            assert_eq!(list.len(), 6);
+            let accepted = list.wake_all(Some(&|key: u32| key % 2 == 1));
+            assert_eq!(accepted, 3);
+            assert!(list.is_empty());
+            for t in tasks {
+                t.await;
+            }
+            assert_eq!(*order.borrow(), vec![1, 3, 5, 0, 2, 4]);
+            // Without a preference: arrival order.
+            order.borrow_mut().clear();
+            let mut tasks = Vec::new();
+            for key in [7u32, 3, 5] {
+                let (list, order) = (list.clone(), order.clone());
+                tasks.push(glommio::spawn_local(async move {
+                    list.wait(key).await;
+                    order.borrow_mut().push(key);
+                }));
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            assert_eq!(list.wake_all(None), 0);
+            for t in tasks {
+                t.await;
+            }
+            assert_eq!(*order.borrow(), vec![7, 3, 5]);
         });
     }
 }

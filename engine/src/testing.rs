@@ -9,7 +9,11 @@ use crate::LogConfig;
 /// The log settings of the SIGKILL crash test, shared by its child (which appends) and the test
 /// (which reopens): small segments so the test crosses rolls.
 pub fn crash_test_log_config() -> LogConfig {
-    LogConfig { segment_bytes: 4 * 1024 * 1024, preallocate_bytes: 1024 * 1024, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes: 4 * 1024 * 1024,
+        preallocate_bytes: 1024 * 1024,
+        ..LogConfig::default()
+    }
 }
 
 /// A valid Kafka RecordBatch v2 with `records` records and `body_len` bytes of record area,

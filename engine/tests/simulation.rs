@@ -162,7 +162,12 @@ fn run_seed(seed: u64, totals: &mut Totals) {
             // Durability per append: 0 fsync (tracked as acknowledged), 1 write (overlapping
             // write-only flushes), 2 memory.
             let sizes: Vec<(usize, u8)> = (0..count)
-                .map(|_| (rng.gen_range(10..9000), [0u8, 0, 0, 0, 0, 0, 1, 1, 2, 2][rng.gen_range(0..10)]))
+                .map(|_| {
+                    (
+                        rng.gen_range(10..9000),
+                        [0u8, 0, 0, 0, 0, 0, 1, 1, 2, 2][rng.gen_range(0..10)],
+                    )
+                })
                 .collect();
             pool.spawner()
                 .spawn_local(async move {
@@ -229,7 +234,9 @@ fn run_seed(seed: u64, totals: &mut Totals) {
         seed,
         ..FaultConfig::default()
     });
-    let log = pool.run_until(open(&store, &clock)).unwrap_or_else(|error| panic!("seed {seed}: final reopen: {error}"));
+    let log = pool
+        .run_until(open(&store, &clock))
+        .unwrap_or_else(|error| panic!("seed {seed}: final reopen: {error}"));
     let found = read_back(&mut pool, &log, &mut totals.duplicated);
     for (base, batch_seed) in &acknowledged {
         if found.get(base) != Some(batch_seed) {
@@ -252,7 +259,10 @@ fn seeded_faults_never_lose_or_duplicate_acknowledged_batches() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if long { 3000 } else { 300 });
     let mut totals = Totals::default();
-    let first: u64 = std::env::var("RILL_SIM_FIRST").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let first: u64 = std::env::var("RILL_SIM_FIRST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     for seed in first..first + seeds {
         run_seed(seed, &mut totals);
     }

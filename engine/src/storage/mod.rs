@@ -69,6 +69,9 @@ pub trait Storage: Clone + 'static {
     async fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Makes the directory's entries (created and removed files) durable.
     async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Returns once the runtime has handed the I/O queued so far to the kernel. A runtime that
+    /// submits I/O at once (or a simulated store) returns at once: the default.
+    async fn yield_to_io(&self) {}
 }
 
 /// One open file.

@@ -68,6 +68,9 @@ pub struct LogConfig {
     pub preallocate_bytes: u64,
     /// With `Durability::Memory`, write out once this much is staged.
     pub staged_bytes_max: usize,
+    /// `Write` flushes whose batches average at least this size hand the next flush over
+    /// first (see [`PartitionLog::flush_to`]); default [`STREAMING_BATCH_BYTES`].
+    pub streaming_batch_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -85,6 +88,7 @@ impl Default for LogConfig {
             chunk_pool_max: 4,
             preallocate_bytes: 32 * 1024 * 1024,
             staged_bytes_max: 4 * 1024 * 1024,
+            streaming_batch_bytes: STREAMING_BATCH_BYTES,
         }
     }
 }
@@ -280,7 +284,8 @@ impl<F: StorageFile> LogState<F> {
     }
 }
 
-/// A `Write` flush whose batches average at least this size marks a stream of large appends:
+/// Default of [`LogConfig::streaming_batch_bytes`]. A `Write` flush whose batches average at
+/// least this size marks a stream of large appends:
 /// the copying and checksumming of one batch then takes far longer (about 250 µs per MiB here)
 /// than handing the next flush to the disk first (a timer's round trip). After one, the next
 /// flush is issued before the served appenders go on (see [`PartitionLog::flush_to`]): with
@@ -922,7 +927,7 @@ impl<S: Storage> PartitionLog<S> {
     /// served go on (stage their next batch) before the next flush starts and it takes more.
     ///
     /// Streams of large batches (the last flush's batches averaged at least
-    /// [`STREAMING_BATCH_BYTES`]) are the exception for `Write` appenders: they park on
+    /// `streaming_batch_bytes`) are the exception for `Write` appenders: they park on
     /// `flush_waiters` instead, and at the end of the flush those whose bytes are still
     /// unwritten are woken first, so one of them issues the next flush before the served
     /// appenders (the flusher too) go on, and those first let that flush reach the disk
@@ -947,26 +952,29 @@ impl<S: Storage> PartitionLog<S> {
             }
             let flush = self.lock_flush().await;
             self.check_usable()?;
-            if self.reached(offset, sync) {
-                continue;
+            let flushed = !self.reached(offset, sync);
+            if flushed {
+                #[cfg(test)]
+                self.flush_trace.borrow_mut().push(FlushEvent::Start);
+                let (bytes_before, appends) = {
+                    let st = self.state.borrow();
+                    (st.stats.bytes_written, st.stats.appends)
+                };
+                let batches = appends - self.appends_flushed.replace(appends);
+                self.flush_once(sync).await?;
+                let wrote = self.state.borrow().stats.bytes_written - bytes_before;
+                let streaming_bytes = self.config().streaming_batch_bytes * batches.max(1);
+                self.streaming.set(!sync && wrote >= streaming_bytes);
             }
-            #[cfg(test)]
-            self.flush_trace.borrow_mut().push(FlushEvent::Start);
-            let (bytes_before, appends) = {
-                let st = self.state.borrow();
-                (st.stats.bytes_written, st.stats.appends)
-            };
-            let batches = appends - self.appends_flushed.replace(appends);
-            self.flush_once(sync).await?;
-            let wrote = self.state.borrow().stats.bytes_written - bytes_before;
-            self.streaming
-                .set(!sync && wrote >= STREAMING_BATCH_BYTES * batches.max(1));
+            // An appender served while it queued for the lock hands over like the flusher.
             let handed_over = flush.release();
             #[cfg(test)]
-            self.flush_trace.borrow_mut().push(FlushEvent::End {
-                written: self.state.borrow().written_offset,
-                handed_over,
-            });
+            if flushed {
+                self.flush_trace.borrow_mut().push(FlushEvent::End {
+                    written: self.state.borrow().written_offset,
+                    handed_over,
+                });
+            }
             if handed_over {
                 self.storage.yield_to_io().await;
             }

@@ -33,6 +33,8 @@ fn config() -> LogConfig {
         preallocate_bytes: 32 * 1024,
         index_interval_bytes: 2048,
         retention_ms: None,
+        // Batches here are 10 B to 9 KB: flushes take both hand-over paths.
+        streaming_batch_bytes: 4096,
         ..LogConfig::default()
     }
 }

@@ -50,6 +50,23 @@ fn os_error(error: glommio::GlommioError<()>) -> io::Error {
     }
 }
 
+/// Timers `yield_to_io` tries before it gives up yielding (each one normally waits).
+const YIELD_TO_IO_TRIES: usize = 8;
+
+/// Runs `future`; true when it was pending at least once (it yielded to the executor).
+async fn waited<F: std::future::Future>(future: F) -> bool {
+    let mut future = std::pin::pin!(future);
+    let mut pending = false;
+    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+        std::task::Poll::Ready(_) => std::task::Poll::Ready(pending),
+        std::task::Poll::Pending => {
+            pending = true;
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
 async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> io::Result<R> + Send + 'static,
 ) -> io::Result<R> {
@@ -112,9 +129,15 @@ impl Storage for GlommioStorage {
 
     /// glommio 0.9 hands disk I/O to the kernel only between runs of its task queues (see
     /// docs/decisions.md, "Runtime"). A timer that has not yet expired takes this task off the
-    /// run queue; once no task is runnable the executor submits, then the timer fires.
+    /// run queue; once no task is runnable the executor submits, then the timer fires. A timer
+    /// already expired at its first poll (this thread was descheduled in between) returns at
+    /// once without yielding, so that case takes another one.
     async fn yield_to_io(&self) {
-        glommio::timer::sleep(std::time::Duration::from_micros(1)).await;
+        for _ in 0..YIELD_TO_IO_TRIES {
+            if waited(glommio::timer::sleep(std::time::Duration::from_micros(1))).await {
+                return;
+            }
+        }
     }
 }
 

@@ -284,16 +284,12 @@ impl<F: StorageFile> LogState<F> {
     }
 }
 
-/// Default of [`LogConfig::streaming_batch_bytes`]. A `Write` flush whose batches average at
-/// least this size marks a stream of large appends:
-/// the copying and checksumming of one batch then takes far longer (about 250 µs per MiB here)
-/// than handing the next flush to the disk first (a timer's round trip). After one, the next
-/// flush is issued before the served appenders go on (see [`PartitionLog::flush_to`]): with
-/// large batches their copying and checksumming otherwise runs while the disk idles, because
-/// the runtime submits the next flush's writes only once no task is runnable. Below it (small
-/// batches) the served appenders go first: each stages its next batch before the next flush
-/// starts, so that flush carries more of them (measured: 4 KiB appends at half the rate
-/// otherwise).
+/// Default of [`LogConfig::streaming_batch_bytes`]. Copying and checksumming a batch this large
+/// takes far longer (about 250 µs per MiB here) than the executor turn that hands the next flush
+/// to the disk first, so a `Write` flush whose batches average at least this much hands over
+/// (see [`PartitionLog::flush_to`]). Below it the served appenders go first: each stages its
+/// next batch before the next flush starts, so that flush carries more of them (handing over
+/// there halved the rate of 4 KiB appends).
 pub const STREAMING_BATCH_BYTES: u64 = 256 << 10;
 
 /// One step of `flush_to`, recorded for tests.

@@ -54,6 +54,9 @@ fn os_error(error: glommio::GlommioError<()>) -> io::Error {
 const YIELD_TO_IO_TRIES: usize = 8;
 
 /// Runs `future`; true when it was pending at least once (it yielded to the executor).
+/// `futures_lite::future::poll_once` then `.await` is not the same: it polls again in the same
+/// turn, by when a 1 µs timer may have expired, and the task never leaves the run queue (the
+/// hand-over test then failed 34 runs in 40).
 async fn waited<F: std::future::Future>(future: F) -> bool {
     let mut future = std::pin::pin!(future);
     let mut pending = false;

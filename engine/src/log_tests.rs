@@ -369,6 +369,76 @@ fn crash_keeps_every_acknowledged_batch() {
 }
 
 #[test]
+fn zero_ahead_never_touches_batches_and_reserves_for_appends() {
+    block_on(async {
+        let store = MemStorage::reliable();
+        let clock = ManualClock::new(T0);
+        let config = LogConfig {
+            segment_bytes: 1 << 20,
+            zero_ahead_bytes: 64 * 1024,
+            ..small_config()
+        };
+        let log = open_mem(&store, config, &clock).await.unwrap();
+        // A written batch ending mid-page: the zeros start on the next page. Reopened from the
+        // file (no crash: every write stays), the batch must be intact.
+        log.append(batch(3, 300, T0), 1, Durability::Write)
+            .await
+            .unwrap();
+        let zeroed = log.zero_ahead().await.unwrap();
+        assert_eq!(zeroed, 64 * 1024, "the whole lead beyond the batch");
+        drop(log);
+        let log = open_mem(&store, config, &clock).await.unwrap();
+        assert_eq!(
+            read_all(&log).await.len(),
+            1,
+            "the zeros spared the batch's last page"
+        );
+        // Again with a batch staged but not written: the zeros go beyond it as well.
+        log.append(batch(2, 5000, T0), 1, Durability::Memory)
+            .await
+            .unwrap();
+        let zeroed = log.zero_ahead().await.unwrap();
+        assert_eq!(
+            zeroed,
+            64 * 1024,
+            "a recovered segment: the whole lead, from the staged end"
+        );
+        assert_eq!(log.stats().bytes_zeroed, zeroed);
+        assert_eq!(log.zero_ahead().await.unwrap(), 0, "lead still full");
+        // Appends within the lead overwrite zeros and reserve nothing themselves.
+        let reserved = log.stats().preallocate_latency.count;
+        for _ in 0..12 {
+            log.append(batch(1, 3000, T0), 1, Durability::Fsync)
+                .await
+                .unwrap();
+        }
+        assert_eq!(log.stats().preallocate_latency.count, reserved);
+        assert!(
+            log.zero_ahead().await.unwrap() > 0,
+            "more than half the lead used: top up"
+        );
+        let before: Vec<_> = read_all(&log)
+            .await
+            .into_iter()
+            .map(|b| b.payload)
+            .collect();
+        assert_eq!(before.len(), 14);
+        drop(log);
+        store.crash();
+        let log = open_mem(&store, config, &clock).await.unwrap();
+        let after: Vec<_> = read_all(&log)
+            .await
+            .into_iter()
+            .map(|b| b.payload)
+            .collect();
+        assert_eq!(
+            after, before,
+            "every synced batch survives the zeros and a power cut"
+        );
+    });
+}
+
+#[test]
 fn torn_tails_are_truncated() {
     type Damage = fn(&mut Vec<u8>, usize);
     let cases: [(&str, Damage); 3] = [
@@ -663,6 +733,52 @@ mod on_glommio {
                     "{name} cut to its logical size ({len})"
                 );
             }
+        });
+    }
+
+    #[test]
+    fn zero_ahead_on_dma_files_keeps_every_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("topic-0");
+        run(async move {
+            let clock: Rc<dyn Clock> = Rc::new(ManualClock::new(T0));
+            let config = LogConfig {
+                segment_bytes: 256 * 1024,
+                zero_ahead_bytes: 64 * 1024,
+                ..small_config()
+            };
+            let open = || {
+                PartitionLog::open(
+                    GlommioStorage,
+                    path.clone(),
+                    config,
+                    BatchCache::shared(0),
+                    clock.clone(),
+                )
+            };
+            let log = open().await.unwrap();
+            let mut sent = Vec::new();
+            for i in 0..60 {
+                if i % 5 == 0 {
+                    log.zero_ahead().await.unwrap();
+                }
+                let b = batch(2, 100 + i * 397, T0);
+                let r = log.append(b.clone(), 1, Durability::Fsync).await.unwrap();
+                let mut p = b.to_vec();
+                envelope::patch_kafka_batch(&mut p, r.base_offset, 1);
+                sent.push(p);
+            }
+            assert!(log.stats().bytes_zeroed >= 64 * 1024);
+            assert!(log.segment_count() > 1, "rolled across zeroed segments");
+            drop(log); // no close: the zeroed tail stays, as after a crash
+            let log = open().await.unwrap();
+            let got: Vec<_> = read_all(&log)
+                .await
+                .into_iter()
+                .map(|b| b.payload.to_vec())
+                .collect();
+            assert_eq!(got, sent);
+            log.close().await.unwrap();
         });
     }
 

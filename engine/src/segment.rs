@@ -228,6 +228,11 @@ pub(crate) struct Segment<F: StorageFile> {
     pub written_size: u64,
     /// Bytes reserved with fallocate (the file's size while appending).
     pub allocated: u64,
+    /// The file below this was written, with batches or with zeros by
+    /// [`PartitionLog::zero_ahead`](crate::PartitionLog::zero_ahead): writes there overwrite
+    /// written blocks (no unwritten-extent conversion for the next fdatasync to commit).
+    /// 0 when unknown (a recovered segment).
+    pub zeroed: u64,
     /// The offset after the last batch.
     pub next_offset: i64,
     /// Largest batch max timestamp, or -1.

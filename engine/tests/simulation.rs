@@ -35,6 +35,8 @@ fn config() -> LogConfig {
         retention_ms: None,
         // Batches here are 10 B to 9 KB: flushes take both hand-over paths.
         streaming_batch_bytes: 4096,
+        // Small, so the zeroing task below tops up often, racing the appenders' flushes.
+        zero_ahead_bytes: 16 * 1024,
         ..LogConfig::default()
     }
 }
@@ -47,6 +49,7 @@ struct Totals {
     duplicated: u64,
     crashes: u64,
     runs_without_ack: u64,
+    zeroed: u64,
 }
 
 #[derive(Default)]
@@ -122,6 +125,7 @@ fn run_seed(seed: u64, totals: &mut Totals) {
     let clock = ManualClock::new(T0);
     let mut acknowledged: BTreeMap<i64, u64> = BTreeMap::new();
     let mut next_batch_seed = seed << 32;
+    let zeroed = Rc::new(std::cell::Cell::new(0u64));
     for round in 0..6 {
         let mut pool = LocalPool::new();
         // Recovery itself runs on the faulty store; a failed open is another crash, then retry.
@@ -208,6 +212,27 @@ fn run_seed(seed: u64, totals: &mut Totals) {
                 })
                 .unwrap();
         }
+        // Zeroing ahead runs beside the appenders, as the broker's timer does: its zeros must
+        // never land over a batch.
+        {
+            let (log, round_log) = (log.clone(), round_log.clone());
+            let zeroed = zeroed.clone();
+            pool.spawner()
+                .spawn_local(async move {
+                    for _ in 0..40 {
+                        match log.zero_ahead().await {
+                            Ok(n) => zeroed.set(zeroed.get() + n),
+                            Err(LogError::Failed { .. }) => {
+                                round_log.borrow_mut().failed_seen = true;
+                                return;
+                            }
+                            Err(e) => panic!("unexpected zero_ahead error: {e}"),
+                        }
+                        futures_lite::future::yield_now().await;
+                    }
+                })
+                .unwrap();
+        }
         next_batch_seed += 1_000_000;
         // Power cut after a random number of executor steps (or after everything finished).
         let steps = rng.gen_range(1..400);
@@ -246,6 +271,7 @@ fn run_seed(seed: u64, totals: &mut Totals) {
             eprintln!("seed {seed} final: acknowledged batch at {base} lost");
         }
     }
+    totals.zeroed += zeroed.get();
     totals.faults += store.stats().faults_injected;
     totals.acknowledged += acknowledged.len() as u64;
     if acknowledged.is_empty() {
@@ -269,11 +295,15 @@ fn seeded_faults_never_lose_or_duplicate_acknowledged_batches() {
         run_seed(seed, &mut totals);
     }
     eprintln!(
-        "simulation: seeds {seeds}, crashes {}, faults injected {}, acknowledged {}, lost {}, duplicated {}, runs without an acknowledgement {}",
-        totals.crashes, totals.faults, totals.acknowledged, totals.lost, totals.duplicated, totals.runs_without_ack
+        "simulation: seeds {seeds}, crashes {}, faults injected {}, acknowledged {}, lost {}, duplicated {}, runs without an acknowledgement {}, bytes zeroed ahead {}",
+        totals.crashes, totals.faults, totals.acknowledged, totals.lost, totals.duplicated, totals.runs_without_ack, totals.zeroed
     );
     assert_eq!(totals.lost, 0);
     assert_eq!(totals.duplicated, 0);
+    assert!(
+        totals.zeroed > 0,
+        "zero_ahead never ran against the appenders"
+    );
     assert!(
         totals.faults > seeds,
         "too few faults injected ({}) to mean anything",

@@ -211,6 +211,7 @@ fn serve(args: ServeArgs) -> Result<()> {
                 cache_bytes_per_core: usize::try_from(settings.batch_cache_mib_per_core * 1024 * 1024)
                     .context("batch cache size")?,
                 flush_interval: settings.flush_interval,
+                zero_ahead_interval: settings.zero_ahead_interval,
             }
         } else {
             StorageChoice::Memory { bytes_max_per_core: settings.memory_store_mib_per_core * 1024 * 1024 }

@@ -163,6 +163,8 @@ pub struct StorageStats {
     pub preallocate_latency: rill_engine::IoLatency,
     /// Write latencies (a flush's writes to one segment) over the core's logs.
     pub write_latency: rill_engine::IoLatency,
+    /// Bytes of zeros written ahead of appends over the core's logs.
+    pub bytes_zeroed: u64,
 }
 
 impl StorageStats {
@@ -176,6 +178,7 @@ impl StorageStats {
         self.fdatasync_latency.merge(&log.fdatasync_latency);
         self.preallocate_latency.merge(&log.preallocate_latency);
         self.write_latency.merge(&log.write_latency);
+        self.bytes_zeroed += log.bytes_zeroed;
     }
 }
 

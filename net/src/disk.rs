@@ -94,6 +94,29 @@ impl DiskStore {
         }
     }
 
+    /// Every `interval`, writes zeros ahead of each log's end ([`PartitionLog::zero_ahead`]):
+    /// appends then overwrite written blocks, and their fdatasyncs commit nothing to the file
+    /// system's journal. Runs until the executor stops. A failing zero write fails that log.
+    pub fn zero_ahead_periodically(&self, interval: std::time::Duration) -> impl Future<Output = ()> + 'static {
+        let partitions = Rc::clone(&self.partitions);
+        async move {
+            loop {
+                glommio::timer::sleep(interval).await;
+                let logs: Vec<(TopicPartition, Rc<DiskPartition>)> = partitions
+                    .borrow()
+                    .iter()
+                    .filter(|(_, p)| p.log.failure().is_none())
+                    .map(|(tp, p)| (tp.clone(), Rc::clone(p)))
+                    .collect();
+                for (partition, state) in logs {
+                    if let Err(error) = state.log.zero_ahead().await {
+                        tracing::warn!(%partition, %error, "zeroing ahead failed");
+                    }
+                }
+            }
+        }
+    }
+
     /// The directory of a partition's log.
     pub fn partition_dir(data_dir: &Path, partition: &TopicPartition) -> PathBuf {
         data_dir.join(&partition.topic).join(partition.partition.to_string())
@@ -575,6 +598,34 @@ mod tests {
             store.append(&tp, batches(2)).await.unwrap();
             glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
             assert_eq!(log.durable_end_offset(), 5);
+            store.close_all().await;
+        });
+    }
+
+    #[test]
+    fn zeroing_ahead_on_a_timer_leaves_every_batch_readable() {
+        let dir = data_disk_tempdir();
+        let root = dir.path().to_path_buf();
+        glommio::LocalExecutor::default().run(async move {
+            let tp = TopicPartition::new("t", 0);
+            let store = DiskStore::new(&root, Durability::Fsync, 0);
+            store.create_partition(&tp, &TopicConfig::default()).await.unwrap();
+            store.append(&tp, batches(3)).await.unwrap();
+            glommio::spawn_local(store.zero_ahead_periodically(std::time::Duration::from_millis(10))).detach();
+            glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+            let zeroed = store.log_totals().bytes_zeroed;
+            assert_eq!(zeroed, rill_engine::log::ZERO_AHEAD_BYTES, "the default lead, once");
+            for _ in 0..20 {
+                store.append(&tp, batches(2)).await.unwrap();
+                glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            store.close_all().await;
+            drop(store);
+            let store = DiskStore::new(&root, Durability::Fsync, 0);
+            store.create_partition(&tp, &TopicConfig::default()).await.unwrap();
+            assert_eq!(store.offsets(&tp).unwrap().high_watermark, 43);
+            let read = store.read(&tp, 0, 1 << 20).await.unwrap();
+            assert_eq!(parse_batches(&read.records).unwrap().len(), 21);
             store.close_all().await;
         });
     }

@@ -152,6 +152,7 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
     let reads_paused_us = Family::<Labels, Counter>::default();
     let log_bytes = Family::<Labels, Gauge>::default();
     let fdatasyncs = Family::<Labels, Counter>::default();
+    let zeroed = Family::<Labels, Counter>::default();
     let cache_hits = Family::<Labels, Counter>::default();
     let cache_misses = Family::<Labels, Counter>::default();
     let failed = Family::<Labels, Gauge>::default();
@@ -177,6 +178,7 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
         reads_paused_us.get_or_create(&core).inc_by(snapshot.reads_paused_us);
         log_bytes.get_or_create(&core).set(i64::try_from(snapshot.storage.log_bytes).unwrap_or(i64::MAX));
         fdatasyncs.get_or_create(&core).inc_by(snapshot.storage.fdatasyncs());
+        zeroed.get_or_create(&core).inc_by(snapshot.storage.bytes_zeroed);
         cache_hits.get_or_create(&core).inc_by(snapshot.storage.cache_hits);
         cache_misses.get_or_create(&core).inc_by(snapshot.storage.cache_misses);
         failed.get_or_create(&core).set(i64::try_from(snapshot.failed_partitions).unwrap_or(i64::MAX));
@@ -207,6 +209,7 @@ pub fn render(snapshots: &[MetricsSnapshot], partitions: u64, topics: u64) -> St
     registry.register("connection_reads_paused_us", "Microseconds connections spent paused at that limit", reads_paused_us);
     registry.register("log_bytes", "Bytes held by the partition logs of each core", log_bytes);
     registry.register("fdatasyncs", "fdatasync calls issued by the partition logs of each core", fdatasyncs);
+    registry.register("zeroed_bytes", "Bytes of zeros written ahead of the partition logs' ends", zeroed);
     registry.register("batch_cache_hits", "Reads served from the batch cache", cache_hits);
     registry.register("batch_cache_misses", "Reads that went to disk", cache_misses);
     registry.register("storage_latency_us_bucket", "Storage calls (fdatasync, fallocate, write) at or below each latency bound (cumulative)", storage_latency_bucket);
@@ -239,10 +242,12 @@ mod tests {
         second.storage.fdatasync_latency.record(Duration::from_millis(30));
         second.storage.write_latency.record(Duration::from_micros(140_000));
         second.storage.log_bytes = 4096;
+        second.storage.bytes_zeroed = 8192;
         second.reads_paused = 3;
         second.reads_paused_us = 4500;
         let text = render(&[metrics.snapshot(0), second], 6, 1);
         assert!(text.contains("rill_fdatasyncs_total{core=\"1\"} 2"), "{text}");
+        assert!(text.contains("rill_zeroed_bytes_total{core=\"1\"} 8192"), "{text}");
         assert!(text.contains("rill_storage_latency_us_bucket_total{core=\"1\",call=\"fdatasync\",le_us=\"100\"} 1"), "{text}");
         assert!(text.contains("rill_storage_latency_us_bucket_total{core=\"1\",call=\"fdatasync\",le_us=\"50000\"} 2"), "{text}");
         assert!(text.contains("rill_storage_latency_us_max{core=\"1\",call=\"fdatasync\"} 30000"), "{text}");

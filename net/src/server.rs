@@ -78,6 +78,9 @@ pub enum StorageChoice {
         /// `log.flush.interval.ms`), bounding what a power cut can take. `None`: never on a
         /// timer (only on roll and close).
         flush_interval: Option<Duration>,
+        /// How often each core writes zeros ahead of its logs' ends
+        /// ([`DiskStore::zero_ahead_periodically`]). `None`: never.
+        zero_ahead_interval: Option<Duration>,
     },
     /// Bounded memory, nothing survives a restart: no metadata file, no offsets topic (tests,
     /// benchmarks of the front-end).
@@ -156,10 +159,13 @@ pub fn run(config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), Server
         let handle = builder
             .spawn(move || async move {
                 match config.storage.clone() {
-                    StorageChoice::Disk { data_dir, durability, cache_bytes_per_core, flush_interval, .. } => {
+                    StorageChoice::Disk { data_dir, durability, cache_bytes_per_core, flush_interval, zero_ahead_interval, .. } => {
                         let store = DiskStore::new(data_dir, durability, cache_bytes_per_core);
                         if let Some(interval) = flush_interval.filter(|_| durability != rill_engine::Durability::Fsync) {
                             glommio::spawn_local(store.flush_periodically(interval)).detach();
+                        }
+                        if let Some(interval) = zero_ahead_interval {
+                            glommio::spawn_local(store.zero_ahead_periodically(interval)).detach();
                         }
                         run_core(core, config, shutdown, mesh, drained_cores, start, store).await
                     }

@@ -1231,8 +1231,9 @@ impl<S: Storage> PartitionLog<S> {
     /// Safety of the data: zeros go only above the page holding the log's last staged byte, and
     /// each zero write runs under the flush lock, which every write of batches also takes, so
     /// batches staged meanwhile reach the file after the zeros. Skipped (returns 0) while large
-    /// batches stream in (the zeros would take half of their bandwidth) and when appends
-    /// consumed more than the whole lead since the last call (the zeros could never keep ahead).
+    /// batches stream in (the zeros would take half of their bandwidth), when appends consumed
+    /// more than the whole lead since the last call (the zeros could never keep ahead), and when
+    /// they consumed nothing.
     pub async fn zero_ahead(&self) -> Result<u64, LogError> {
         let ahead = crate::storage::align_up(self.config().zero_ahead_bytes);
         let consumed = {
@@ -1243,7 +1244,9 @@ impl<S: Storage> PartitionLog<S> {
                 _ => size,
             }
         };
-        if ahead == 0 || consumed > ahead {
+        // A log that took no appends since the last call still has its lead (and one never
+        // appended to may never be: `__consumer_offsets` has many such partitions).
+        if ahead == 0 || consumed == 0 || consumed > ahead {
             return Ok(0);
         }
         let mut zeroed_now = 0;

@@ -66,7 +66,9 @@ pub struct LogConfig {
     pub chunk_pool_max: usize,
     /// Reserve this much more file space whenever the reserve runs out.
     pub preallocate_bytes: u64,
-    /// With `Durability::Memory`, write out once this much is staged.
+    /// With `Durability::Memory`, an append that finds more than this staged waits until it is
+    /// written; callers with a spawner start [`PartitionLog::write_out`] in the background at
+    /// half of it ([`PartitionLog::write_out_due`]) so appends rarely get there.
     pub staged_bytes_max: usize,
     /// `Write` flushes whose batches average at least this size hand the next flush over
     /// first (see [`PartitionLog::flush_to`]); default [`STREAMING_BATCH_BYTES`].
@@ -1214,6 +1216,20 @@ impl<S: Storage> PartitionLog<S> {
     pub async fn flush(&self) -> Result<(), LogError> {
         let end = self.log_end_offset();
         self.flush_to(end, true).await
+    }
+
+    /// With `Durability::Memory`: more than half of `staged_bytes_max` is staged and no flush
+    /// is running, so it is time for a background [`write_out`](Self::write_out), before an
+    /// append reaches the limit and has to wait for the write itself.
+    pub fn write_out_due(&self) -> bool {
+        !self.flush_lock.is_locked() && self.staged_bytes() > self.config().staged_bytes_max / 2
+    }
+
+    /// Writes everything staged so far (no fdatasync): the background half of
+    /// `Durability::Memory`.
+    pub async fn write_out(&self) -> Result<(), LogError> {
+        let end = self.log_end_offset();
+        self.flush_to(end, false).await
     }
 
     /// Writes zeros over the active segment's file space ahead of its end, up to

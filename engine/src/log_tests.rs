@@ -439,6 +439,39 @@ fn zero_ahead_never_touches_batches_and_reserves_for_appends() {
 }
 
 #[test]
+fn memory_appends_come_due_for_a_background_write_out_at_half_the_stage_limit() {
+    block_on(async {
+        let store = MemStorage::reliable();
+        let clock = ManualClock::new(T0);
+        let config = LogConfig {
+            staged_bytes_max: 40 * 1024,
+            ..small_config()
+        };
+        let log = open_mem(&store, config, &clock).await.unwrap();
+        let mut appended = 0;
+        while !log.write_out_due() {
+            log.append(batch(1, 3000, T0), 1, Durability::Memory)
+                .await
+                .unwrap();
+            appended += 1;
+            assert!(appended < 20, "never came due");
+        }
+        assert!(
+            appended * 3000 > 20 * 1024,
+            "due only past half the limit ({appended} appends)"
+        );
+        assert_eq!(
+            log.written_end_offset(),
+            0,
+            "nothing written before the write-out"
+        );
+        log.write_out().await.unwrap();
+        assert_eq!(log.written_end_offset(), log.log_end_offset());
+        assert!(!log.write_out_due());
+    });
+}
+
+#[test]
 fn torn_tails_are_truncated() {
     type Damage = fn(&mut Vec<u8>, usize);
     let cases: [(&str, Damage); 3] = [

@@ -39,6 +39,8 @@ const PRODUCER_SCAN_HALVINGS_MAX: u32 = 40;
 
 struct DiskPartition {
     log: Rc<PartitionLog<GlommioStorage>>,
+    /// A background write-out (durability `memory`) is spawned and not finished.
+    writing_out: Cell<bool>,
     signal: ChangeSignal,
     retention_checked_ms: Cell<i64>,
 }
@@ -226,6 +228,24 @@ impl DiskStore {
     }
 }
 
+/// Durability `memory`: once half the log's stage limit is staged, writes it out in a task of
+/// its own, so the appends acknowledged from memory do not wait for that write (only one that
+/// finds the whole limit staged does). One write-out per partition at a time.
+fn start_write_out_if_due(partition: &TopicPartition, state: &Rc<DiskPartition>) {
+    if state.writing_out.get() || !state.log.write_out_due() {
+        return;
+    }
+    state.writing_out.set(true);
+    let (partition, state) = (partition.clone(), Rc::clone(state));
+    glommio::spawn_local(async move {
+        if let Err(error) = state.log.write_out().await {
+            tracing::warn!(%partition, %error, "background write-out failed");
+        }
+        state.writing_out.set(false);
+    })
+    .detach();
+}
+
 async fn apply_retention(partition: &TopicPartition, state: &DiskPartition) {
     match state.log.apply_retention().await {
         Ok(outcome) if outcome.segments_deleted > 0 => {
@@ -298,6 +318,7 @@ impl PartitionStore for DiskStore {
                 log: Rc::new(log),
                 signal: ChangeSignal::new(),
                 retention_checked_ms: Cell::new(0),
+                writing_out: Cell::new(false),
             };
             // Another create may have raced us across the await.
             let mut partitions = self.partitions.borrow_mut();
@@ -395,6 +416,9 @@ impl PartitionStore for DiskStore {
             let durability = self.durability;
             let retention_due = self.retention_due(&state);
             let end = last.last_offset + 1;
+            if durability == Durability::Memory {
+                start_write_out_if_due(&partition, &state);
+            }
             let durable: Durable = Box::pin(async move {
                 state.log.wait_durable(end, durability).await.map_err(|e| storage_error(&partition, e))?;
                 state.signal.notify();
@@ -598,6 +622,33 @@ mod tests {
             store.append(&tp, batches(2)).await.unwrap();
             glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
             assert_eq!(log.durable_end_offset(), 5);
+            store.close_all().await;
+        });
+    }
+
+    #[test]
+    fn memory_durability_writes_out_in_the_background() {
+        let dir = data_disk_tempdir();
+        let root = dir.path().to_path_buf();
+        glommio::LocalExecutor::default().run(async move {
+            let tp = TopicPartition::new("t", 0);
+            let store = DiskStore::new(&root, Durability::Memory, 1 << 20);
+            store.create_partition(&tp, &TopicConfig::default()).await.unwrap();
+            let log = store.get(&tp).unwrap().log.clone();
+            let half = log.config().staged_bytes_max / 2;
+            let one = batches(100);
+            let batch_bytes = one.bytes.len();
+            let count = half / batch_bytes + 2;
+            for _ in 0..count {
+                store.append(&tp, batches(100)).await.unwrap();
+            }
+            assert_eq!(log.written_end_offset(), 0, "acknowledged from memory, nothing written yet");
+            glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+            // Everything staged when the write-out started is written; what came after is below
+            // half the limit and waits for the next one (or the timer).
+            assert!(log.written_end_offset() > 0, "written out in the background");
+            assert!(!log.write_out_due());
+            assert_eq!(log.durable_end_offset(), 0, "written, not synced (that is the timer's job)");
             store.close_all().await;
         });
     }

@@ -14,6 +14,7 @@
 #   E2E_DURATION=10s    measured per run   E2E_TICK_US=50     generator tick (`rill bench --tick-us`)
 #   E2E_BROKER_ARGS="--durability fsync"   extra `rill serve` flags (e.g. "--storage memory")
 #   E2E_CLIENT=librdkafka                  `rill bench --client` (librdkafka or kafka-wire)
+#   E2E_RILL=target/release/rill           the broker binary (another build, for A/B pairs)
 # Output: target/bench/e2e/<stamp>/ (JSON and PNG per run, broker metrics, table.md), table printed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,7 +29,7 @@ out=target/bench/e2e/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
 
 timeout 40m cargo build --release -p rill -p rill-bench --bin rill --bin rill-bench >"$out/build.log" 2>&1
-rill=$root/target/release/rill
+rill=${E2E_RILL:-$root/target/release/rill}
 bench=$root/target/release/rill-bench
 last_cpu=$(($(nproc) - 1))
 # shellcheck source=common.sh

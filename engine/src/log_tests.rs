@@ -472,6 +472,35 @@ fn memory_appends_come_due_for_a_background_write_out_at_half_the_stage_limit() 
 }
 
 #[test]
+fn fast_streams_reserve_in_growing_steps_slow_logs_in_the_base_step() {
+    block_on(async {
+        let config = LogConfig {
+            segment_bytes: 16 << 20,
+            ..small_config()
+        };
+        let fallocates = |fast: bool| async move {
+            let store = MemStorage::reliable();
+            let clock = ManualClock::new(T0);
+            let log = open_mem(&store, config, &clock).await.unwrap();
+            for _ in 0..60 {
+                if !fast {
+                    clock.advance(2000);
+                }
+                log.append(batch(1, 8000, T0), 1, Durability::Write)
+                    .await
+                    .unwrap();
+            }
+            log.stats().preallocate_latency.count
+        };
+        // 60 batches of 8 KB (about 480 KiB): each base step covers the batch and 32 KiB more,
+        // 12 steps; doubling, 32 + 64 + 128 + 256 KiB suffice.
+        let (fast, slow) = (fallocates(true).await, fallocates(false).await);
+        assert!(fast <= 5, "fast stream: {fast} fallocates");
+        assert_eq!(slow, 12, "slow log: the base step every time");
+    });
+}
+
+#[test]
 fn torn_tails_are_truncated() {
     type Damage = fn(&mut Vec<u8>, usize);
     let cases: [(&str, Damage); 3] = [

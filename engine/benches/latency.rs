@@ -5,6 +5,10 @@
 //! p50/p90/p99/p99.9/max, appends per second and fdatasyncs per append; then measures how many
 //! fdatasyncs 64 appends issued at once cost.
 //!
+//! `RILL_BENCH_ZERO_AHEAD_MS=N` runs a task that zeroes ahead of the log every N ms, as the
+//! broker does (`PartitionLog::zero_ahead`, broker default 100); by default none runs, so the
+//! rows measure the log alone. `RILL_BENCH_STATS=1` adds the log's I/O counters.
+//!
 //! `cargo bench -p rill-engine --bench latency` (`-- --json` prints JSON lines instead).
 
 use bytes::BytesMut;
@@ -65,6 +69,19 @@ async fn closed_loop(appenders: usize) -> Report {
     let measure_from = start + WARM_UP;
     let stop_at = measure_from + RUN_TIME;
     let counters = Rc::new(RefCell::new(0u64));
+    let zero_ahead_ms: u64 = std::env::var("RILL_BENCH_ZERO_AHEAD_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let zeroing = (zero_ahead_ms > 0).then(|| {
+        let log = log.clone();
+        glommio::spawn_local(async move {
+            while Instant::now() < stop_at {
+                log.zero_ahead().await.unwrap();
+                glommio::timer::sleep(Duration::from_millis(zero_ahead_ms)).await;
+            }
+        })
+    });
     let tasks: Vec<_> = (0..appenders)
         .map(|_| {
             let (log, batch, histogram, counters) = (
@@ -98,7 +115,22 @@ async fn closed_loop(appenders: usize) -> Report {
     for t in tasks {
         t.await;
     }
+    if let Some(zeroing) = zeroing {
+        zeroing.await;
+    }
     let fdatasyncs = log.stats().fdatasyncs() - syncs_at_measure;
+    if std::env::var("RILL_BENCH_STATS").is_ok_and(|v| v == "1") {
+        let s = log.stats();
+        eprintln!(
+            "appenders {appenders}: zeroed {} MiB, written {} MiB, fallocate {} calls, fdatasync mean {:.0} µs max {} µs, write mean {:.0} µs",
+            s.bytes_zeroed >> 20,
+            s.bytes_written >> 20,
+            s.preallocate_latency.count,
+            s.fdatasync_latency.nanos_sum as f64 / s.fdatasync_latency.count.max(1) as f64 / 1e3,
+            s.fdatasync_latency.nanos_max / 1000,
+            s.write_latency.nanos_sum as f64 / s.write_latency.count.max(1) as f64 / 1e3,
+        );
+    }
     log.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&path);
     let appends = *counters.borrow();

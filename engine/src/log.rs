@@ -868,22 +868,9 @@ impl<S: Storage> PartitionLog<S> {
             let need = crate::storage::align_up(size + frame_bytes);
             let mut reserved = None;
             for target in [want, need] {
-                let started = std::time::Instant::now();
-                let outcome = file.preallocate(target).await;
-                self.state
-                    .borrow_mut()
-                    .stats
-                    .preallocate_latency
-                    .record(started.elapsed());
-                match outcome {
-                    Ok(()) => {
-                        reserved = Some(target);
-                        break;
-                    }
-                    Err(e) if is_enospc(&e) => continue,
-                    Err(e) => {
-                        return Err(self.fail(format!("fallocate {}: {e}", file.path().display())))
-                    }
+                if self.preallocate(&file, target).await? {
+                    reserved = Some(target);
+                    break;
                 }
             }
             let Some(reserved) = reserved else {
@@ -1387,6 +1374,18 @@ impl<S: Storage> PartitionLog<S> {
         }
         let segment_end = crate::storage::align_up(self.config().segment_bytes.max(limit));
         let target = (limit + self.config().preallocate_bytes).min(segment_end);
+        if !self.preallocate(file, target).await? {
+            return Ok(false);
+        }
+        if let Some(seg) = self.state.borrow_mut().segments.get_mut(&base) {
+            seg.allocated = seg.allocated.max(target);
+        }
+        Ok(true)
+    }
+
+    /// Reserves file space up to `target` bytes, timed into the stats. False on ENOSPC (the
+    /// caller decides); any other error fails the log.
+    async fn preallocate(&self, file: &S::File, target: u64) -> Result<bool, LogError> {
         let started = std::time::Instant::now();
         let outcome = file.preallocate(target).await;
         self.state
@@ -1395,12 +1394,7 @@ impl<S: Storage> PartitionLog<S> {
             .preallocate_latency
             .record(started.elapsed());
         match outcome {
-            Ok(()) => {
-                if let Some(seg) = self.state.borrow_mut().segments.get_mut(&base) {
-                    seg.allocated = seg.allocated.max(target);
-                }
-                Ok(true)
-            }
+            Ok(()) => Ok(true),
             Err(e) if is_enospc(&e) => Ok(false),
             Err(e) => Err(self.fail(format!("fallocate {}: {e}", file.path().display()))),
         }

@@ -247,18 +247,8 @@ struct FailIfCancelled<'a, S: Storage> {
 }
 
 impl<'a, S: Storage> FailIfCancelled<'a, S> {
-    fn new(log: &'a PartitionLog<S>) -> Self {
-        let reason = "a flush was cancelled with its writes in flight";
-        Self {
-            log,
-            armed: true,
-            reason,
-        }
-    }
-
-    /// For a zero write: one left in flight could land after a later write of batches there.
-    fn zeros(log: &'a PartitionLog<S>) -> Self {
-        let reason = "zeroing ahead was cancelled with its write in flight";
+    /// `reason` is what the log's failure says if the guard is dropped armed.
+    fn new(log: &'a PartitionLog<S>, reason: &'static str) -> Self {
         Self {
             log,
             armed: true,
@@ -860,9 +850,7 @@ impl<S: Storage> PartitionLog<S> {
         };
         if size + frame_bytes > allocated {
             let want = crate::storage::align_up(size + frame_bytes) + self.reserve_step();
-            let want = want.min(crate::storage::align_up(
-                self.config().segment_bytes.max(size + frame_bytes),
-            ));
+            let want = want.min(self.segment_end(size + frame_bytes));
             // Reserve a step ahead; when the disk cannot hold the step, reserve just this frame
             // (a nearly full disk still takes what fits).
             let need = crate::storage::align_up(size + frame_bytes);
@@ -1128,7 +1116,8 @@ impl<S: Storage> PartitionLog<S> {
             (file, ops, seg.size)
         };
         let path = file.path();
-        let cancelled = FailIfCancelled::new(self);
+        let cancelled =
+            FailIfCancelled::new(self, "a flush was cancelled with its writes in flight");
         let started = std::time::Instant::now();
         let results = futures::future::join_all(
             ops.iter()
@@ -1146,23 +1135,8 @@ impl<S: Storage> PartitionLog<S> {
         let mut written = 0u64;
         for (op, result) in ops.iter().zip(&results) {
             let want = op.buf.as_bytes().len();
-            match result {
-                Ok(n) if *n == want => written += want as u64,
-                Ok(n) => {
-                    return Err(self.fail(format!(
-                        "short write to {} at {}: {n} of {want}",
-                        path.display(),
-                        op.position
-                    )))
-                }
-                Err(e) => {
-                    return Err(self.fail(format!(
-                        "write {} at {}: {e}",
-                        path.display(),
-                        op.position
-                    )))
-                }
-            }
+            self.check_write("write", &path, op.position, want, result)?;
+            written += want as u64;
         }
         self.return_chunks(ops);
         if sync {
@@ -1179,6 +1153,26 @@ impl<S: Storage> PartitionLog<S> {
             seg.written_size = seg.written_size.max(size);
         }
         Ok(())
+    }
+
+    /// Fails the log unless a write of `want` bytes at `position` wrote them all. `what` names
+    /// the write in the failure ("write", "zero write").
+    fn check_write(
+        &self,
+        what: &str,
+        path: &Path,
+        position: u64,
+        want: usize,
+        result: &io::Result<usize>,
+    ) -> Result<(), LogError> {
+        match result {
+            Ok(n) if *n == want => Ok(()),
+            Ok(n) => Err(self.fail(format!(
+                "short {what} to {} at {position}: {n} of {want}",
+                path.display()
+            ))),
+            Err(e) => Err(self.fail(format!("{what} {} at {position}: {e}", path.display()))),
+        }
     }
 
     fn return_chunks(&self, ops: Vec<WriteOp<<S::File as StorageFile>::Buffer>>) {
@@ -1294,12 +1288,11 @@ impl<S: Storage> PartitionLog<S> {
                 let st = self.state.borrow();
                 let a = st.active();
                 let end = crate::storage::align_up(a.size);
-                let segment_end = crate::storage::align_up(self.config().segment_bytes.max(end));
                 (
                     a.file.clone(),
                     a.base_offset,
                     a.zeroed.max(end),
-                    (end + ahead).min(segment_end),
+                    (end + ahead).min(self.segment_end(end)),
                 )
             };
             // Top up only once half the lead is used, so the zeros go in fewer, larger steps.
@@ -1307,15 +1300,9 @@ impl<S: Storage> PartitionLog<S> {
                 break;
             }
             filling = true;
-            if !self.reserve_for_zeros(&file, base, limit).await? {
+            let Some(allocated) = self.reserve_for_zeros(&file, base, limit).await? else {
                 break;
-            }
-            let allocated = self
-                .state
-                .borrow()
-                .segments
-                .get(&base)
-                .map_or(0, |s| s.allocated);
+            };
             let end = limit.min(allocated).min(start + ZERO_WRITE_BYTES);
             if end <= start {
                 break;
@@ -1326,24 +1313,12 @@ impl<S: Storage> PartitionLog<S> {
                 _ => Rc::new(file.alloc_buffer(len)),
             };
             zeros.get_or_insert_with(|| Rc::clone(&buf));
-            let cancelled = FailIfCancelled::zeros(self);
+            // One left in flight could land after a later write of batches there.
+            let cancelled =
+                FailIfCancelled::new(self, "zeroing ahead was cancelled with its write in flight");
             let result = file.write_at(buf, start).await;
             cancelled.disarm();
-            match result {
-                Ok(n) if n == len => {}
-                Ok(n) => {
-                    let path = file.path();
-                    let reason = format!(
-                        "short zero write to {} at {start}: {n} of {len}",
-                        path.display()
-                    );
-                    return Err(self.fail(reason));
-                }
-                Err(e) => {
-                    let reason = format!("zero write {} at {start}: {e}", file.path().display());
-                    return Err(self.fail(reason));
-                }
-            }
+            self.check_write("zero write", &file.path(), start, len, &result)?;
             let mut st = self.state.borrow_mut();
             st.stats.bytes_zeroed += end - start;
             if let Some(seg) = st.segments.get_mut(&base) {
@@ -1355,14 +1330,14 @@ impl<S: Storage> PartitionLog<S> {
     }
 
     /// Extends segment `base`'s reserve to at least `limit` (one preallocation step beyond),
-    /// for `zero_ahead`, under the flush lock. False when the disk is full: appends then
-    /// reserve (or refuse) for themselves.
+    /// for `zero_ahead`, under the flush lock; returns the reserve's end. None when the disk is
+    /// full: appends then reserve (or refuse) for themselves.
     async fn reserve_for_zeros(
         &self,
         file: &S::File,
         base: i64,
         limit: u64,
-    ) -> Result<bool, LogError> {
+    ) -> Result<Option<u64>, LogError> {
         let allocated = self
             .state
             .borrow()
@@ -1370,17 +1345,24 @@ impl<S: Storage> PartitionLog<S> {
             .get(&base)
             .map_or(0, |s| s.allocated);
         if allocated >= limit {
-            return Ok(true);
+            return Ok(Some(allocated));
         }
-        let segment_end = crate::storage::align_up(self.config().segment_bytes.max(limit));
-        let target = (limit + self.config().preallocate_bytes).min(segment_end);
+        let target = (limit + self.config().preallocate_bytes).min(self.segment_end(limit));
         if !self.preallocate(file, target).await? {
-            return Ok(false);
+            return Ok(None);
         }
-        if let Some(seg) = self.state.borrow_mut().segments.get_mut(&base) {
-            seg.allocated = seg.allocated.max(target);
-        }
-        Ok(true)
+        let mut st = self.state.borrow_mut();
+        let Some(seg) = st.segments.get_mut(&base) else {
+            return Ok(None);
+        };
+        seg.allocated = seg.allocated.max(target);
+        Ok(Some(seg.allocated))
+    }
+
+    /// Where a segment's file space ends: `segment_bytes`, or more for a segment that already
+    /// holds `at_least` (one oversized batch), page-aligned.
+    fn segment_end(&self, at_least: u64) -> u64 {
+        crate::storage::align_up(self.config().segment_bytes.max(at_least))
     }
 
     /// Reserves file space up to `target` bytes, timed into the stats. False on ENOSPC (the

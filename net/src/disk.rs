@@ -77,42 +77,39 @@ impl DiskStore {
     /// durability `write` and `memory`, whose acknowledgements do not wait for an fdatasync).
     /// Runs until the executor stops. A failing fdatasync fails that log, as on any path.
     pub fn flush_periodically(&self, interval: std::time::Duration) -> impl Future<Output = ()> + 'static {
-        let partitions = Rc::clone(&self.partitions);
-        async move {
-            loop {
-                glommio::timer::sleep(interval).await;
-                let behind: Vec<(TopicPartition, Rc<DiskPartition>)> = partitions
-                    .borrow()
-                    .iter()
-                    .filter(|(_, p)| p.log.failure().is_none() && p.log.durable_end_offset() < p.log.log_end_offset())
-                    .map(|(tp, p)| (tp.clone(), Rc::clone(p)))
-                    .collect();
-                for (partition, state) in behind {
-                    if let Err(error) = state.log.flush().await {
-                        tracing::warn!(%partition, %error, "periodic flush failed");
-                    }
-                }
-            }
-        }
+        let behind = |log: &PartitionLog<GlommioStorage>| log.durable_end_offset() < log.log_end_offset();
+        self.on_timer(interval, "periodic flush failed", behind, |log| async move { log.flush().await })
     }
 
     /// Every `interval`, writes zeros ahead of each log's end ([`PartitionLog::zero_ahead`]):
     /// appends then overwrite written blocks, and their fdatasyncs commit nothing to the file
     /// system's journal. Runs until the executor stops. A failing zero write fails that log.
     pub fn zero_ahead_periodically(&self, interval: std::time::Duration) -> impl Future<Output = ()> + 'static {
+        self.on_timer(interval, "zeroing ahead failed", |_| true, |log| async move { log.zero_ahead().await })
+    }
+
+    /// Every `interval`, runs `work` on each log that has not failed and is `due`, one after
+    /// another, logging a failure with `failed`. Runs until the executor stops.
+    fn on_timer<R, W: Future<Output = Result<R, LogError>>>(
+        &self,
+        interval: std::time::Duration,
+        failed: &'static str,
+        due: impl Fn(&PartitionLog<GlommioStorage>) -> bool + 'static,
+        work: impl Fn(Rc<PartitionLog<GlommioStorage>>) -> W + 'static,
+    ) -> impl Future<Output = ()> + 'static {
         let partitions = Rc::clone(&self.partitions);
         async move {
             loop {
                 glommio::timer::sleep(interval).await;
-                let logs: Vec<(TopicPartition, Rc<DiskPartition>)> = partitions
+                let logs: Vec<(TopicPartition, Rc<PartitionLog<GlommioStorage>>)> = partitions
                     .borrow()
                     .iter()
-                    .filter(|(_, p)| p.log.failure().is_none())
-                    .map(|(tp, p)| (tp.clone(), Rc::clone(p)))
+                    .filter(|(_, p)| p.log.failure().is_none() && due(&p.log))
+                    .map(|(tp, p)| (tp.clone(), Rc::clone(&p.log)))
                     .collect();
-                for (partition, state) in logs {
-                    if let Err(error) = state.log.zero_ahead().await {
-                        tracing::warn!(%partition, %error, "zeroing ahead failed");
+                for (partition, log) in logs {
+                    if let Err(error) = work(log).await {
+                        tracing::warn!(%partition, %error, "{failed}");
                     }
                 }
             }

@@ -25,6 +25,9 @@ pub struct FileConfig {
     pub admin_listen: Option<String>,
     /// Cores to run on (default: all).
     pub cores: Option<usize>,
+    /// CPUs the cores are pinned to, one core per CPU, as `taskset -c` takes them (`"1"`,
+    /// `"0,2-3"`); default: the first `cores` CPUs this process may run on.
+    pub cpus: Option<String>,
     /// Create unknown topics on first use.
     pub auto_create_topics: Option<bool>,
     /// Partitions of auto-created topics.
@@ -82,8 +85,8 @@ pub struct ServeSettings {
     pub kafka_listen: SocketAddr,
     /// Admin listener.
     pub admin_listen: SocketAddr,
-    /// Cores.
-    pub cores: usize,
+    /// The CPU each core is pinned to (core `i` on `cpus[i]`); one entry per core.
+    pub cpus: Vec<usize>,
     /// Auto topic creation.
     pub auto_create_topics: bool,
     /// Partitions of auto-created topics.
@@ -140,6 +143,8 @@ pub struct Overrides {
     pub admin_listen: Option<String>,
     /// --cores / RILL_CORES.
     pub cores: Option<usize>,
+    /// --cpus / RILL_CPUS.
+    pub cpus: Option<String>,
     /// --auto-create-topics / RILL_AUTO_CREATE_TOPICS.
     pub auto_create_topics: Option<bool>,
     /// --storage / RILL_STORAGE.
@@ -158,13 +163,67 @@ fn parse_address(text: &str, what: &str) -> Result<SocketAddr> {
         .with_context(|| format!("{what} {text:?} resolves to no address"))
 }
 
+/// Parses a CPU list as `taskset -c` takes it: comma-separated CPUs and inclusive ranges
+/// (`"1"`, `"0,2-3"`), in the order given.
+pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let number = |n: &str| n.trim().parse::<usize>().with_context(|| format!("cpus {text:?}: {part:?} is not a CPU or a range"));
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last) = (number(first)?, number(last)?);
+                if first > last {
+                    bail!("cpus {text:?}: range {part:?} runs backwards");
+                }
+                cpus.extend(first..=last);
+            }
+            None => cpus.push(number(part)?),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(repeated) = cpus.iter().find(|cpu| !seen.insert(**cpu)) {
+        bail!("cpus {text:?}: CPU {repeated} is listed twice (one core per CPU)");
+    }
+    Ok(cpus)
+}
+
+/// The CPUs this process may run on (its affinity mask, as `taskset` set it), ascending.
+fn allowed_cpus() -> Result<Vec<usize>> {
+    let mask = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).context("reading this process's CPU affinity")?;
+    Ok((0..nix::sched::CpuSet::count()).filter(|&cpu| mask.is_set(cpu).unwrap_or(false)).collect())
+}
+
+/// Which CPU each core is pinned to: `cpus` when given (checked against the affinity mask and
+/// against `cores`), else the first `cores` allowed CPUs (all of them by default).
+fn resolve_cpus(cores: Option<usize>, cpus: Option<String>, allowed: &[usize]) -> Result<Vec<usize>> {
+    let shown = || allowed.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    match cpus {
+        Some(text) => {
+            let cpus = parse_cpu_list(&text)?;
+            if let Some(cpu) = cpus.iter().find(|cpu| !allowed.contains(cpu)) {
+                bail!("cpus {text:?}: CPU {cpu} is not one this process may run on ({})", shown());
+            }
+            match cores {
+                Some(cores) if cores != cpus.len() => {
+                    bail!("--cores {cores} and --cpus {text:?} ({} CPUs) disagree; give one of them", cpus.len())
+                }
+                _ => Ok(cpus),
+            }
+        }
+        None => {
+            let cores = cores.unwrap_or(allowed.len());
+            if cores == 0 || cores > allowed.len() {
+                bail!("--cores must be between 1 and {} (the CPUs this process may run on: {}), got {cores}", allowed.len(), shown());
+            }
+            Ok(allowed[..cores].to_vec())
+        }
+    }
+}
+
 /// Merge defaults, file and overrides.
 pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<ServeSettings> {
-    let available = std::thread::available_parallelism().map_or(1, |count| count.get());
-    let cores = overrides.cores.or(file.cores).unwrap_or(available);
-    if cores == 0 || cores > available {
-        bail!("--cores must be between 1 and {available} (this machine's CPUs), got {cores}");
-    }
+    let cpus = resolve_cpus(overrides.cores.or(file.cores), overrides.cpus.or(file.cpus), &allowed_cpus()?)?;
+    let cores = cpus.len();
     let kafka_text = overrides.kafka_listen.or(file.kafka_listen).unwrap_or_else(|| DEFAULT_KAFKA_LISTEN.to_string());
     let kafka_listen = parse_address(&kafka_text, "kafka listen address")?;
     let admin_text = overrides.admin_listen.or(file.admin_listen).unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_string());
@@ -216,7 +275,7 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<ServeSettings> 
         data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
         kafka_listen,
         admin_listen,
-        cores,
+        cpus,
         auto_create_topics: overrides.auto_create_topics.or(file.auto_create_topics).unwrap_or(false),
         default_partitions,
         advertised_host,
@@ -285,5 +344,30 @@ mod tests {
         assert!(resolve(no_in_flight, Overrides::default()).is_err(), "a connection must serve at least one request");
         let tiny_queue: FileConfig = toml::from_str("cores = 1\nqueued_request_mib_per_core = 1").unwrap();
         assert!(resolve(tiny_queue, Overrides::default()).is_err(), "a queue smaller than one request");
+    }
+
+    #[test]
+    fn cpu_lists_parse_as_taskset_takes_them() {
+        assert_eq!(parse_cpu_list("1").unwrap(), vec![1]);
+        assert_eq!(parse_cpu_list("0,2-4, 7").unwrap(), vec![0, 2, 3, 4, 7]);
+        assert_eq!(parse_cpu_list("3,1").unwrap(), vec![3, 1], "order given is the cores' order");
+        for bad in ["", "a", "1-", "3-1", "1,1", "0-2,2", "-1"] {
+            assert!(parse_cpu_list(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn cores_are_pinned_to_the_given_cpus_or_the_first_allowed_ones() {
+        let allowed = [1, 2, 5];
+        assert_eq!(resolve_cpus(None, None, &allowed).unwrap(), vec![1, 2, 5], "default: every allowed CPU");
+        assert_eq!(resolve_cpus(Some(2), None, &allowed).unwrap(), vec![1, 2], "not CPU 0: it is not allowed");
+        assert_eq!(resolve_cpus(None, Some("5".into()), &allowed).unwrap(), vec![5]);
+        assert_eq!(resolve_cpus(Some(2), Some("2,5".into()), &allowed).unwrap(), vec![2, 5]);
+        let outside = resolve_cpus(None, Some("0".into()), &allowed).unwrap_err().to_string();
+        assert!(outside.contains("CPU 0 is not one this process may run on (1,2,5)"), "{outside}");
+        let disagree = resolve_cpus(Some(1), Some("1,2".into()), &allowed).unwrap_err().to_string();
+        assert!(disagree.contains("disagree"), "{disagree}");
+        assert!(resolve_cpus(Some(0), None, &allowed).is_err());
+        assert!(resolve_cpus(Some(4), None, &allowed).is_err());
     }
 }

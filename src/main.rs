@@ -125,9 +125,12 @@ struct ServeArgs {
     /// Admin HTTP listener HOST:PORT [default: 127.0.0.1:9644].
     #[arg(long, env = "RILL_ADMIN_LISTEN")]
     admin_listen: Option<String>,
-    /// Cores to run on, pinned to CPUs 0..N [default: all].
+    /// Cores to run on, pinned to the first N CPUs this process may run on [default: all].
     #[arg(long, env = "RILL_CORES")]
     cores: Option<usize>,
+    /// CPUs to pin the cores to, one core each, as `taskset -c` takes them (`1`, `0,2-3`).
+    #[arg(long, env = "RILL_CPUS")]
+    cpus: Option<String>,
     /// Create unknown topics when clients ask for them.
     #[arg(long, env = "RILL_AUTO_CREATE_TOPICS", num_args = 0..=1, default_missing_value = "true")]
     auto_create_topics: Option<bool>,
@@ -168,6 +171,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         kafka_listen: args.kafka_listen,
         admin_listen: args.admin_listen,
         cores: args.cores,
+        cpus: args.cpus,
         auto_create_topics: args.auto_create_topics,
         storage: args.storage,
         durability: args.durability,
@@ -201,7 +205,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         broker,
         kafka_listen: settings.kafka_listen,
         admin_listen: settings.admin_listen,
-        cores: settings.cores,
+        cpus: settings.cpus.clone(),
         spin_before_park_us: settings.spin_before_park_us,
         storage: if settings.storage_disk {
             StorageChoice::Disk {

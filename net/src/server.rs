@@ -52,12 +52,19 @@ pub struct ServerConfig {
     pub kafka_listen: SocketAddr,
     /// Admin HTTP address.
     pub admin_listen: SocketAddr,
-    /// Executors to run, pinned to CPUs 0..cores.
-    pub cores: usize,
+    /// One executor (core) per entry, pinned to that CPU: core `i` runs on `cpus[i]`.
+    pub cpus: Vec<usize>,
     /// Busy-spin before parking an idle executor, in microseconds (0: park at once).
     pub spin_before_park_us: u64,
     /// Where partitions live.
     pub storage: StorageChoice,
+}
+
+impl ServerConfig {
+    /// Executors (cores) to run.
+    pub fn cores(&self) -> usize {
+        self.cpus.len()
+    }
 }
 
 /// Where a core keeps its partitions.
@@ -123,7 +130,7 @@ fn load_metadata(config: &ServerConfig) -> Result<Option<RestoredMetadata>, Serv
     let store = MetadataStore::new(metadata_dir);
     let snapshot = store.load(data_dir).map_err(|error| ServerError::Metadata(error.to_string()))?.unwrap_or_default();
     let table = snapshot
-        .to_table(config.cores, &config.broker.topic_defaults)
+        .to_table(config.cores(), &config.broker.topic_defaults)
         .map_err(|reason| ServerError::Metadata(format!("{}: {reason}", store.path().display())))?;
     let removed = remove_orphan_partitions(data_dir, &table).map_err(|error| ServerError::Metadata(error.to_string()))?;
     if let Err(error) = store.ensure_spare() {
@@ -137,22 +144,22 @@ fn load_metadata(config: &ServerConfig) -> Result<Option<RestoredMetadata>, Serv
 
 /// Run the broker until `shutdown` becomes true.
 pub fn run(config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
-    assert!(config.cores >= 1);
+    assert!(config.cores() >= 1);
     let restored = load_metadata(&config)?;
     // Start-up bookkeeping only: set by core 0 once partitions are reopened and the table is
     // published, so no core accepts clients that would find their topics missing.
     let ready = Arc::new(AtomicBool::new(false));
-    let mesh = (config.cores > 1).then(|| MeshBuilder::<Envelope, _>::full(config.cores, MESH_CHANNEL_MESSAGES_MAX));
+    let mesh = (config.cores() > 1).then(|| MeshBuilder::<Envelope, _>::full(config.cores(), MESH_CHANNEL_MESSAGES_MAX));
     // Shutdown bookkeeping only (never touched on the data path): cores whose connections drained.
     let drained_cores = Arc::new(AtomicUsize::new(0));
-    let mut handles = Vec::with_capacity(config.cores);
-    for core in 0..config.cores {
+    let mut handles = Vec::with_capacity(config.cores());
+    for core in 0..config.cores() {
         let config = config.clone();
         let shutdown = shutdown.clone();
         let mesh = mesh.clone();
         let drained_cores = drained_cores.clone();
         let start = Startup { ready: ready.clone(), restored: if core == 0 { restored.clone() } else { None } };
-        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(core)).name(&format!("rill-core-{core}"));
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(config.cpus[core])).name(&format!("rill-core-{core}"));
         if config.spin_before_park_us > 0 {
             builder = builder.spin_before_park(Duration::from_micros(config.spin_before_park_us));
         }
@@ -219,7 +226,7 @@ async fn run_core<S: PartitionStore + 'static>(
         }
         None => (None, None),
     };
-    let shard = Rc::new(Shard::new(core, config.cores, store, config.broker.clone(), senders));
+    let shard = Rc::new(Shard::new(core, config.cores(), store, config.broker.clone(), senders));
     if let Some(mut receivers) = receivers {
         for (peer, stream) in receivers.streams() {
             let shard = shard.clone();
@@ -275,7 +282,7 @@ async fn run_core<S: PartitionStore + 'static>(
             }
         })
         .detach();
-        tracing::info!(kafka = %config.kafka_listen, admin = %config.admin_listen, cores = config.cores, "rill broker listening");
+        tracing::info!(kafka = %config.kafka_listen, admin = %config.admin_listen, cores = config.cores(), cpus = ?config.cpus, "rill broker listening");
     }
     // Every request read holds its size in units of this budget until it has been answered.
     let request_budget = Rc::new(glommio::sync::Semaphore::new(config.broker.request_bytes_queued_max_per_core));
@@ -292,7 +299,7 @@ async fn run_core<S: PartitionStore + 'static>(
     // core has drained its connections.
     drained_cores.fetch_add(1, Ordering::SeqCst);
     let all_drained = async {
-        while drained_cores.load(Ordering::SeqCst) < config.cores {
+        while drained_cores.load(Ordering::SeqCst) < config.cores() {
             glommio::timer::sleep(Duration::from_millis(SHUTDOWN_CHECK_MS)).await;
         }
     };

@@ -3,9 +3,9 @@
 # of each run beside the client's: the table behind docs/BENCHMARKS.md's "End-to-end latency at
 # 50,000 records/s".
 #
-#   The broker runs on one core (`rill serve --cores 1`, its executor pinned to CPU 0) and the load
-#   generator is pinned to the last CPU, so they do not share a CPU with each other (they still
-#   share the machine's softirq and disk). Every run gets a fresh broker and data directory; data is
+#   The broker runs on one core (`rill serve --cpus $E2E_BROKER_CPU`) and the load generator is
+#   pinned to another CPU, so they do not share a CPU with each other (they still share the
+#   machine's disk, and loopback's softirq). Every run gets a fresh broker and data directory; data is
 #   deleted only after the last run (deleting files on a disk mounted with `discard` stalls later
 #   writes for tens of milliseconds).
 #
@@ -15,6 +15,8 @@
 #   E2E_BROKER_ARGS="--durability fsync"   extra `rill serve` flags (e.g. "--storage memory")
 #   E2E_CLIENT=librdkafka                  `rill bench --client` (librdkafka or kafka-wire)
 #   E2E_RILL=target/release/rill           the broker binary (another build, for A/B pairs)
+#   E2E_BROKER_CPU      the broker's CPU (`rill serve --cpus`); default: the CPU that takes the data
+#                       disk's interrupts (its completions are then local; the generator is spared them)
 # Output: target/bench/e2e/<stamp>/ (JSON and PNG per run, broker metrics, table.md), table printed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -31,9 +33,10 @@ mkdir -p "$out"
 timeout 40m cargo build --release -p rill -p rill-bench --bin rill --bin rill-bench >"$out/build.log" 2>&1
 rill=${E2E_RILL:-$root/target/release/rill}
 bench=$root/target/release/rill-bench
-last_cpu=$(($(nproc) - 1))
 # shellcheck source=common.sh
 . scripts/bench/common.sh
+broker_cpu=${E2E_BROKER_CPU:-$(disk_irq_cpu "$root/target")}
+bench_cpu=$(other_cpu "$broker_cpu")
 metric() { # metric FILE NAME{labels}: the value of one exact series, 0 when absent
   awk -v name="$2" '$1 == name { print $2; found = 1 } END { if (!found) print 0 }' "$1"
 }
@@ -56,11 +59,11 @@ for run in $(seq 1 "$runs"); do
   port=$(free_port)
   admin=$(free_port)
   # shellcheck disable=SC2086
-  "$rill" serve --cores 1 --auto-create-topics --kafka-listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+  "$rill" serve --cpus "$broker_cpu" --auto-create-topics --kafka-listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
     --data-dir "$dir/data" $broker_args >"$dir/broker.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 100); do curl -sf "127.0.0.1:$admin/health" >/dev/null 2>&1 && break; sleep 0.1; done
-  cmd=(taskset -c "$last_cpu" "$bench" --client "$client" --brokers "127.0.0.1:$port" --rate "$rate" --tick-us "$tick_us"
+  cmd=(taskset -c "$bench_cpu" "$bench" --client "$client" --brokers "127.0.0.1:$port" --rate "$rate" --tick-us "$tick_us"
        --duration "$duration" --warmup 2s --record-size 100 --partitions 1 --producers 1 --consumers 1
        --acks all --linger-ms 0 --quiet --out "$dir" --name "run-$run")
   echo "${cmd[*]}" | sed "s#$root/##g" >>"$out/commands.txt"
@@ -94,5 +97,5 @@ print(f"| {run} | {pct(e2e, 'p50_us')} / {pct(e2e, 'p99_us')} / {pct(e2e, 'p999_
 EOF
 done
 rm -rf "$out"/run-*/data
-echo "rate $rate records/s, tick $tick_us µs, broker flags: $broker_args, $(nproc) CPUs, $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "rate $rate records/s, tick $tick_us µs, broker flags: $broker_args, broker on CPU $broker_cpu, generator on CPU $bench_cpu, $(nproc) CPUs, $(date -u '+%Y-%m-%d %H:%M UTC')"
 cat "$out/table.md"

@@ -27,6 +27,9 @@
 #     redis-always    redis-server (Debian) Streams, appendonly yes, appendfsync always
 #     redis-everysec  redis-server (Debian) Streams, appendonly yes, appendfsync everysec
 #
+# Placement, every system alike: its server pinned (`taskset -c`) to the CPU that takes the data
+# disk's interrupts (PEERS_SERVER_CPU to choose another), the load generator to another CPU.
+#
 # Output: target/bench/peers/<stamp>/ (JSON, PNG, limits.json, table.md); the table and plots are
 # also written into docs/BENCHMARKS.md under "## Rill and its peers" (that section only).
 #
@@ -99,6 +102,12 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # shellcheck source=common.sh
 . scripts/bench/common.sh
+# Placement, the same for every system: the server (all its threads) on one CPU, by default the
+# one that takes the data disk's interrupts, so the completions a server waits for arrive on its
+# own CPU; the load generator on another CPU, spared them.
+server_cpu=${PEERS_SERVER_CPU:-$(disk_irq_cpu "$out")}
+bench_cpu=$(other_cpu "$server_cpu")
+printf 'server_cpu=%s\nbench_cpu=%s\n' "$server_cpu" "$bench_cpu" >>"$out/meta.txt"
 wait_port() { # wait_port PORT PID: until something listens, at most 60 s
   for _ in $(seq 1 600); do
     (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
@@ -122,7 +131,7 @@ start_system() {
         echo "memory_store_mib_per_core = 4096" >"$dir/rill.toml"
         storage=(--storage memory --config "$dir/rill.toml")
       fi
-      "$rill" serve --cores 1 --auto-create-topics --kafka-listen "127.0.0.1:$port" "${storage[@]}" \
+      taskset -c "$server_cpu" "$rill" serve --cores 1 --auto-create-topics --kafka-listen "127.0.0.1:$port" "${storage[@]}" \
         --admin-listen "127.0.0.1:$(free_port)" --data-dir "$dir/data" >"$dir/server.log" 2>&1 &
       pid=$!; client=librdkafka
       [[ "$name" = rill-kw* ]] && client=kafka-wire ;;
@@ -130,14 +139,14 @@ start_system() {
       # tansu resolves a sqlite:// path against its working directory, so keep it relative.
       local engine="sqlite://tansu.db"
       [ "$name" = tansu-memory ] && engine="memory://tansu/"
-      (cd "$dir" && exec "$tansu" broker --listener-url "tcp://127.0.0.1:$port" \
+      (cd "$dir" && exec taskset -c "$server_cpu" "$tansu" broker --listener-url "tcp://127.0.0.1:$port" \
         --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "$engine") >"$dir/server.log" 2>&1 &
       pid=$!; client=librdkafka ;;
     nats-file)
-      nats-server -a 127.0.0.1 -p "$port" -js -sd "$dir/js" >"$dir/server.log" 2>&1 &
+      taskset -c "$server_cpu" nats-server -a 127.0.0.1 -p "$port" -js -sd "$dir/js" >"$dir/server.log" 2>&1 &
       pid=$!; client=nats-jetstream ;;
     redis-always|redis-everysec)
-      redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly yes \
+      taskset -c "$server_cpu" redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly yes \
         --appendfsync "${name#redis-}" --dir "$dir" >"$dir/server.log" 2>&1 &
       pid=$!; client=redis-streams ;;
     *) echo "unknown system $name" >&2; return 1 ;;
@@ -178,7 +187,7 @@ run_one() {
   if ! start_system "$system" "$out/$name"; then echo "SKIPPED: $name did not start" >&2; return 0; fi
   [ "$w" = max ] && echo "$system|$durability" >>"$out/durability.txt"
   # shellcheck disable=SC2046
-  cmd=("$bench" --client "$client" --brokers "127.0.0.1:$port" $(workload_args "$w") "${common[@]}"
+  cmd=(taskset -c "$bench_cpu" "$bench" --client "$client" --brokers "127.0.0.1:$port" $(workload_args "$w") "${common[@]}"
        --label "$system" --name "$name")
   echo "${cmd[*]}" | sed "s#$root/##g" >>"$out/commands.txt"
   if ! timeout 5m "${cmd[@]}" >"$out/$name.txt" 2>&1; then
@@ -226,7 +235,7 @@ if [ "$pairs" -gt 0 ] && [[ " $systems " == *" rill "* ]] && [[ " $systems " == 
   if start_system rill "$out/ab-rill"; then
     rill_port=$port; rill_pid=$pid
     if start_system tansu-sqlite "$out/ab-tansu"; then
-      cmd=("$bench" --brokers "127.0.0.1:$rill_port" --compare "127.0.0.1:$port" --pairs "$pairs"
+      cmd=(taskset -c "$bench_cpu" "$bench" --brokers "127.0.0.1:$rill_port" --compare "127.0.0.1:$port" --pairs "$pairs"
            --label rill --compare-label tansu-sqlite --max --in-flight 10000 --linger-ms 5 "${common[@]}"
            --name compare-rill-tansu-sqlite)
       echo "${cmd[*]}" | sed "s#$root/##g" >>"$out/commands.txt"

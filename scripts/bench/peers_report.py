@@ -185,6 +185,9 @@ def report(args):
     w.append(f"Measured {started} by `scripts/bench/peers.sh` "
              f"(commit {commit}) on {machine()}.")
     w.append(f"Load average (1/5/15 min) before: {args.load_before}; after: {args.load_after}.")
+    if "server_cpu" in meta:
+        w.append(f"Placement, every system alike: its server pinned to CPU {meta['server_cpu']} (the CPU taking "
+                 f"the data disk's interrupts), the load generator to CPU {meta['bench_cpu']} (`taskset -c`).")
     if busy:
         w.append("**Load average above half the CPU count (the script's own build and fio runs just "
                  "before, and the benchmarks themselves, count towards it): treat every single run as "

@@ -45,6 +45,10 @@ pub struct FileConfig {
     pub durability: Option<String>,
     /// Batch cache per core, in MiB.
     pub batch_cache_mib_per_core: Option<u64>,
+    /// How segment files are written: `direct` (default: O_DIRECT, a write completes once the
+    /// device took it) or `buffered` (through the page cache: a write completes once the kernel
+    /// holds it, and the kernel writes it back later).
+    pub segment_io: Option<String>,
     /// With durability `write` or `memory`: fdatasync every log this often, in milliseconds
     /// (Kafka's `log.flush.interval.ms`); 0: only on segment roll and close.
     pub flush_interval_ms: Option<u64>,
@@ -101,6 +105,8 @@ pub struct ServeSettings {
     pub storage_disk: bool,
     /// When appends are acknowledged.
     pub durability: rill_engine::Durability,
+    /// How segment files are written.
+    pub segment_io: rill_engine::storage::glommio_fs::FileIo,
     /// Batch cache per core, in MiB.
     pub batch_cache_mib_per_core: u64,
     /// Periodic fdatasync for durability `write` and `memory` (`None`: none).
@@ -151,6 +157,8 @@ pub struct Overrides {
     pub storage: Option<String>,
     /// --durability / RILL_DURABILITY.
     pub durability: Option<String>,
+    /// --segment-io / RILL_SEGMENT_IO.
+    pub segment_io: Option<String>,
     /// --max-connections / RILL_MAX_CONNECTIONS.
     pub max_connections: Option<usize>,
 }
@@ -247,6 +255,11 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<ServeSettings> 
         "memory" => rill_engine::Durability::Memory,
         other => bail!("durability must be `fsync`, `write` or `memory`, got {other:?}"),
     };
+    let segment_io = match overrides.segment_io.or(file.segment_io).as_deref().unwrap_or("direct") {
+        "direct" => rill_engine::storage::glommio_fs::FileIo::Direct,
+        "buffered" => rill_engine::storage::glommio_fs::FileIo::Buffered,
+        other => bail!("segment_io must be `direct` or `buffered`, got {other:?}"),
+    };
     let max_connections = overrides.max_connections.or(file.max_connections).unwrap_or(DEFAULT_MAX_CONNECTIONS);
     if max_connections < cores {
         bail!("max_connections must allow at least one connection per core ({cores}), got {max_connections}");
@@ -283,6 +296,7 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<ServeSettings> 
         spin_before_park_us: file.spin_before_park_us.unwrap_or(0),
         storage_disk,
         durability,
+        segment_io,
         batch_cache_mib_per_core: file.batch_cache_mib_per_core.unwrap_or(256),
         flush_interval: match file.flush_interval_ms.unwrap_or(DEFAULT_FLUSH_INTERVAL_MS) {
             0 => None,
@@ -342,6 +356,11 @@ mod tests {
         assert_eq!(resolve(in_flight, Overrides::default()).unwrap().requests_in_flight_per_connection_max, 4);
         let no_in_flight: FileConfig = toml::from_str("cores = 1\nmax_in_flight_requests_per_connection = 0").unwrap();
         assert!(resolve(no_in_flight, Overrides::default()).is_err(), "a connection must serve at least one request");
+        let buffered: FileConfig = toml::from_str("cores = 1\nsegment_io = \"buffered\"").unwrap();
+        assert_eq!(resolve(buffered, Overrides::default()).unwrap().segment_io, rill_engine::storage::glommio_fs::FileIo::Buffered);
+        assert_eq!(settings.segment_io, rill_engine::storage::glommio_fs::FileIo::Direct, "direct by default");
+        let bad_io = Overrides { segment_io: Some("mmap".into()), cores: Some(1), ..Overrides::default() };
+        assert!(resolve(FileConfig::default(), bad_io).unwrap_err().to_string().contains("segment_io must be"));
         let tiny_queue: FileConfig = toml::from_str("cores = 1\nqueued_request_mib_per_core = 1").unwrap();
         assert!(resolve(tiny_queue, Overrides::default()).is_err(), "a queue smaller than one request");
     }

@@ -140,6 +140,9 @@ struct ServeArgs {
     /// When appends are acknowledged: `fsync`, `write` or `memory` [default: fsync].
     #[arg(long, env = "RILL_DURABILITY")]
     durability: Option<String>,
+    /// How segment files are written: `direct` (O_DIRECT) or `buffered` (page cache) [default: direct].
+    #[arg(long, env = "RILL_SEGMENT_IO")]
+    segment_io: Option<String>,
     /// Open Kafka connections accepted by the node; more are closed at accept [default: 20000].
     #[arg(long, env = "RILL_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
@@ -175,6 +178,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         auto_create_topics: args.auto_create_topics,
         storage: args.storage,
         durability: args.durability,
+        segment_io: args.segment_io,
         max_connections: args.max_connections,
     };
     let settings = config::resolve(file, overrides)?;
@@ -216,6 +220,7 @@ fn serve(args: ServeArgs) -> Result<()> {
                     .context("batch cache size")?,
                 flush_interval: settings.flush_interval,
                 zero_ahead_interval: settings.zero_ahead_interval,
+                file_io: settings.segment_io,
             }
         } else {
             StorageChoice::Memory { bytes_max_per_core: settings.memory_store_mib_per_core * 1024 * 1024 }

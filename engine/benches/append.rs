@@ -81,7 +81,7 @@ fn append_run(size: usize, durability: Durability, iters: u64) -> Duration {
     let elapsed = glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {
             let log = PartitionLog::open(
-                GlommioStorage,
+                GlommioStorage::DIRECT,
                 dir.clone(),
                 config(),
                 BatchCache::shared(64 << 20),
@@ -188,7 +188,7 @@ fn read_throughput(c: &mut Criterion) {
         glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
                 let log = PartitionLog::open(
-                    GlommioStorage,
+                    GlommioStorage::DIRECT,
                     dir,
                     config(),
                     BatchCache::shared(0),
@@ -219,7 +219,7 @@ fn read_throughput(c: &mut Criterion) {
             glommio::LocalExecutorBuilder::default()
                 .spawn(move || async move {
                     let log = PartitionLog::open(
-                        GlommioStorage,
+                        GlommioStorage::DIRECT,
                         dir,
                         config(),
                         BatchCache::shared(0),

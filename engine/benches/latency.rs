@@ -39,7 +39,7 @@ async fn open(dir: PathBuf) -> Rc<PartitionLog<GlommioStorage>> {
     };
     Rc::new(
         PartitionLog::open(
-            GlommioStorage,
+            GlommioStorage::DIRECT,
             dir,
             config,
             BatchCache::shared(64 << 20),

@@ -749,15 +749,24 @@ mod on_glommio {
         glommio::LocalExecutor::default().run(f)
     }
 
+    /// Direct and buffered files alike.
+    const BOTH: [GlommioStorage; 2] = [GlommioStorage::DIRECT, GlommioStorage::BUFFERED];
+
     #[test]
     fn dma_files_round_trip_and_recover() {
+        for storage in BOTH {
+            files_round_trip_and_recover(storage);
+        }
+    }
+
+    fn files_round_trip_and_recover(storage: GlommioStorage) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("topic-0");
         run(async move {
             let clock: Rc<dyn Clock> = Rc::new(ManualClock::new(T0));
             let open = || {
                 PartitionLog::open(
-                    GlommioStorage,
+                    storage,
                     path.clone(),
                     small_config(),
                     BatchCache::shared(0),
@@ -800,6 +809,12 @@ mod on_glommio {
 
     #[test]
     fn zero_ahead_on_dma_files_keeps_every_batch() {
+        for storage in BOTH {
+            zero_ahead_keeps_every_batch(storage);
+        }
+    }
+
+    fn zero_ahead_keeps_every_batch(storage: GlommioStorage) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("topic-0");
         run(async move {
@@ -811,7 +826,7 @@ mod on_glommio {
             };
             let open = || {
                 PartitionLog::open(
-                    GlommioStorage,
+                    storage,
                     path.clone(),
                     config,
                     BatchCache::shared(0),
@@ -856,7 +871,7 @@ mod on_glommio {
             };
             let log = Rc::new(
                 PartitionLog::open(
-                    GlommioStorage,
+                    GlommioStorage::DIRECT,
                     path,
                     config,
                     BatchCache::shared(1 << 20),
@@ -904,7 +919,7 @@ mod on_glommio {
                     ..LogConfig::default()
                 };
                 let log = Rc::new(
-                    PartitionLog::open(GlommioStorage, path, config, BatchCache::shared(0), clock)
+                    PartitionLog::open(GlommioStorage::DIRECT, path, config, BatchCache::shared(0), clock)
                         .await
                         .unwrap(),
                 );

@@ -19,7 +19,7 @@ fn read_back(dir: &std::path::Path) -> BTreeMap<i64, u64> {
     glommio::LocalExecutor::default().run(async move {
         let config = rill_engine::testing::crash_test_log_config();
         let log = PartitionLog::open(
-            GlommioStorage,
+            GlommioStorage::DIRECT,
             dir,
             config,
             BatchCache::shared(0),

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
-use rill_engine::storage::glommio_fs::GlommioStorage;
+use rill_engine::storage::glommio_fs::{FileIo, GlommioStorage};
 use rill_engine::{
     BatchCache, Clock, Durability, LogConfig, LogError, PartitionLog, SharedBatchCache, SystemClock,
 };
@@ -48,6 +48,8 @@ struct DiskPartition {
 /// One core's partitions on disk.
 pub struct DiskStore {
     data_dir: PathBuf,
+    /// How the logs' files are opened (direct I/O unless [`DiskStore::with_file_io`] says otherwise).
+    storage: GlommioStorage,
     durability: Durability,
     cache: SharedBatchCache,
     clock: Rc<dyn Clock>,
@@ -64,6 +66,7 @@ impl DiskStore {
     pub fn new(data_dir: impl Into<PathBuf>, durability: Durability, cache_bytes: usize) -> Self {
         Self {
             data_dir: data_dir.into(),
+            storage: GlommioStorage::DIRECT,
             durability,
             cache: BatchCache::shared(cache_bytes),
             clock: Rc::new(SystemClock),
@@ -71,6 +74,12 @@ impl DiskStore {
             open_failures: RefCell::default(),
             retired: RefCell::default(),
         }
+    }
+
+    /// The same store with its logs' files opened for `io` (buffered: through the page cache).
+    pub fn with_file_io(mut self, io: FileIo) -> Self {
+        self.storage = GlommioStorage::new(io);
+        self
     }
 
     /// Every `interval`, writes and fdatasyncs what each log holds beyond its durable end (for
@@ -299,7 +308,7 @@ impl PartitionStore for DiskStore {
                 return Err(StorageError::PartitionExists(partition));
             }
             let dir = Self::partition_dir(&self.data_dir, &partition);
-            let opened = PartitionLog::open(GlommioStorage, dir, log_config(&config), self.cache.clone(), self.clock.clone()).await;
+            let opened = PartitionLog::open(self.storage, dir, log_config(&config), self.cache.clone(), self.clock.clone()).await;
             let log = match opened {
                 Ok(log) => {
                     self.open_failures.borrow_mut().remove(&partition);
@@ -596,11 +605,17 @@ mod tests {
 
     #[test]
     fn periodic_flush_makes_write_durability_appends_durable() {
+        for io in [FileIo::Direct, FileIo::Buffered] {
+            periodic_flush_makes_appends_durable(io);
+        }
+    }
+
+    fn periodic_flush_makes_appends_durable(io: FileIo) {
         let dir = data_disk_tempdir();
         let root = dir.path().to_path_buf();
         glommio::LocalExecutor::default().run(async move {
             let tp = TopicPartition::new("t", 0);
-            let store = DiskStore::new(&root, Durability::Write, 1 << 20);
+            let store = DiskStore::new(&root, Durability::Write, 1 << 20).with_file_io(io);
             store.create_partition(&tp, &TopicConfig::default()).await.unwrap();
             let log = store.get(&tp).unwrap().log.clone();
             store.append(&tp, batches(3)).await.unwrap();

@@ -88,6 +88,8 @@ pub enum StorageChoice {
         /// How often each core writes zeros ahead of its logs' ends
         /// ([`DiskStore::zero_ahead_periodically`]). `None`: never.
         zero_ahead_interval: Option<Duration>,
+        /// How the logs' files are opened: direct I/O (the default) or through the page cache.
+        file_io: rill_engine::storage::glommio_fs::FileIo,
     },
     /// Bounded memory, nothing survives a restart: no metadata file, no offsets topic (tests,
     /// benchmarks of the front-end).
@@ -166,8 +168,8 @@ pub fn run(config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), Server
         let handle = builder
             .spawn(move || async move {
                 match config.storage.clone() {
-                    StorageChoice::Disk { data_dir, durability, cache_bytes_per_core, flush_interval, zero_ahead_interval, .. } => {
-                        let store = DiskStore::new(data_dir, durability, cache_bytes_per_core);
+                    StorageChoice::Disk { data_dir, durability, cache_bytes_per_core, flush_interval, zero_ahead_interval, file_io, .. } => {
+                        let store = DiskStore::new(data_dir, durability, cache_bytes_per_core).with_file_io(file_io);
                         if let Some(interval) = flush_interval.filter(|_| durability != rill_engine::Durability::Fsync) {
                             glommio::spawn_local(store.flush_periodically(interval)).detach();
                         }

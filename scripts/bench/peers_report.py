@@ -134,8 +134,11 @@ def targets(results, rounds, systems, rate):
     def matched(peer):
         if peer.startswith("tansu"):
             return "rill"
-        if peer in ("redis-everysec", "nats-file") and "rill-kw-write" in systems:
-            return "rill-kw-write"
+        if peer in ("redis-everysec", "nats-file"):
+            # Appends acknowledged from the page cache, as Redis's: buffered files, else direct.
+            for mine in ("rill-kw-buffered", "rill-kw-write"):
+                if mine in systems:
+                    return mine
         return "rill-kw" if "rill-kw" in systems else "rill"
 
     peers = [s for s in systems if not s.startswith("rill")]

@@ -24,7 +24,7 @@ fn main() {
     glommio::LocalExecutor::default().run(async move {
         let config = rill_engine::testing::crash_test_log_config();
         let log = PartitionLog::open(
-            GlommioStorage,
+            GlommioStorage::DIRECT,
             dir,
             config,
             BatchCache::shared(1 << 20),

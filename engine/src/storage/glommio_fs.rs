@@ -1,4 +1,5 @@
-//! Production storage: glommio DMA files (O_DIRECT on io_uring).
+//! Production storage: glommio files on io_uring, DMA (O_DIRECT) by default, or buffered through
+//! the page cache ([`FileIo`]).
 //!
 //! Directory listing and directory fsync have no io_uring operation in glommio 0.9; they run on
 //! glommio's blocking thread pool so the core never blocks (they happen at open, roll and
@@ -6,7 +7,7 @@
 
 use super::{IoBuffer, OpenMode, Storage, StorageFile};
 use bytes::Bytes;
-use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+use glommio::io::{BufferedFile, DmaBuffer, DmaFile, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -20,14 +21,47 @@ use std::rc::Rc;
 /// data fails with EOPNOTSUPP on devices without poll queues (virtio here). So before the first
 /// open on a device, [`prime_iopoll_probe`] opens a small non-empty file, making the probe see
 /// the truth. See docs/decisions.md.
-#[derive(Debug, Clone, Default)]
-pub struct GlommioStorage;
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GlommioStorage {
+    io: FileIo,
+}
 
-/// A DMA file.
+/// How [`GlommioStorage`] opens files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FileIo {
+    /// O_DIRECT: a write completes once the device took it; the page cache is bypassed.
+    #[default]
+    Direct,
+    /// Through the page cache: a write completes once the kernel holds the bytes (they survive
+    /// the process, not a power cut, until an fdatasync), and the kernel writes them back later.
+    /// Each write costs one copy into a plain buffer. For machines whose device writes stall
+    /// (docs/decisions.md); every file of a store is opened the same way.
+    Buffered,
+}
+
+impl GlommioStorage {
+    /// Direct I/O (the default).
+    pub const DIRECT: Self = Self { io: FileIo::Direct };
+    /// Buffered I/O through the page cache.
+    pub const BUFFERED: Self = Self { io: FileIo::Buffered };
+
+    /// A store whose files are opened for `io`.
+    pub fn new(io: FileIo) -> Self {
+        Self { io }
+    }
+}
+
+/// An open file: a DMA file, or a buffered one.
 #[derive(Debug)]
 pub struct GlommioFile {
-    file: DmaFile,
+    file: Handle,
     path: PathBuf,
+}
+
+#[derive(Debug)]
+enum Handle {
+    Dma(DmaFile),
+    Buffered(BufferedFile),
 }
 
 impl IoBuffer for DmaBuffer {
@@ -85,15 +119,20 @@ impl Storage for GlommioStorage {
     }
 
     async fn open(&self, path: &Path, mode: OpenMode) -> io::Result<GlommioFile> {
-        if let Some(dir) = path.parent() {
-            prime_iopoll_probe(dir).await?;
-        }
         let mut options = OpenOptions::new();
         options.read(true).write(true);
         if mode == OpenMode::CreateNew {
             options.create_new(true);
         }
-        let file = options.dma_open(path).await.map_err(os_error)?;
+        let file = match self.io {
+            FileIo::Direct => {
+                if let Some(dir) = path.parent() {
+                    prime_iopoll_probe(dir).await?;
+                }
+                Handle::Dma(options.dma_open(path).await.map_err(os_error)?)
+            }
+            FileIo::Buffered => Handle::Buffered(options.buffered_open(path).await.map_err(os_error)?),
+        };
         Ok(GlommioFile {
             file,
             path: path.to_path_buf(),
@@ -177,34 +216,67 @@ impl StorageFile for GlommioFile {
     type Buffer = DmaBuffer;
 
     fn alloc_buffer(&self, len: usize) -> DmaBuffer {
-        let mut buf = self.file.alloc_dma_buffer(len);
+        // Aligned either way, so the log's staging works alike on both kinds of file.
+        let mut buf = match &self.file {
+            Handle::Dma(file) => file.alloc_dma_buffer(len),
+            Handle::Buffered(_) => glommio::allocate_dma_buffer(len),
+        };
         buf.as_bytes_mut().fill(0);
         buf
     }
 
     async fn write_at(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
-        self.file.write_rc_at(buf, pos).await.map_err(os_error)
+        match &self.file {
+            Handle::Dma(file) => file.write_rc_at(buf, pos).await,
+            // glommio's buffered write takes ownership of a Vec: one copy.
+            Handle::Buffered(file) => file.write_at(buf.as_bytes().to_vec(), pos).await,
+        }
+        .map_err(os_error)
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
-        let result = self.file.read_at(pos, len).await.map_err(os_error)?;
-        Ok(Bytes::copy_from_slice(&result))
+        match &self.file {
+            Handle::Dma(file) => {
+                let result = file.read_at(pos, len).await.map_err(os_error)?;
+                Ok(Bytes::copy_from_slice(&result))
+            }
+            Handle::Buffered(file) => {
+                let result = file.read_at(pos, len).await.map_err(os_error)?;
+                Ok(Bytes::copy_from_slice(&result))
+            }
+        }
     }
 
     async fn fdatasync(&self) -> io::Result<()> {
-        self.file.fdatasync().await.map_err(os_error)
+        match &self.file {
+            Handle::Dma(file) => file.fdatasync().await,
+            Handle::Buffered(file) => file.fdatasync().await,
+        }
+        .map_err(os_error)
     }
 
     async fn preallocate(&self, len: u64) -> io::Result<()> {
-        self.file.pre_allocate(len, false).await.map_err(os_error)
+        match &self.file {
+            Handle::Dma(file) => file.pre_allocate(len, false).await,
+            Handle::Buffered(file) => file.pre_allocate(len, false).await,
+        }
+        .map_err(os_error)
     }
 
     async fn truncate(&self, len: u64) -> io::Result<()> {
-        self.file.truncate(len).await.map_err(os_error)
+        match &self.file {
+            Handle::Dma(file) => file.truncate(len).await,
+            Handle::Buffered(file) => file.truncate(len).await,
+        }
+        .map_err(os_error)
     }
 
     async fn size(&self) -> io::Result<u64> {
-        self.file.file_size().await.map_err(os_error)
+        match &self.file {
+            Handle::Dma(file) => file.file_size().await,
+            Handle::Buffered(file) => file.file_size().await,
+        }
+        .map_err(os_error)
     }
 
     fn path(&self) -> PathBuf {
@@ -212,6 +284,10 @@ impl StorageFile for GlommioFile {
     }
 
     async fn close(self) -> io::Result<()> {
-        self.file.close().await.map_err(os_error)
+        match self.file {
+            Handle::Dma(file) => file.close().await,
+            Handle::Buffered(file) => file.close().await,
+        }
+        .map_err(os_error)
     }
 }

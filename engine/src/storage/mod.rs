@@ -1,7 +1,7 @@
 //! The storage seam: every file operation the engine performs goes through [`Storage`] and
 //! [`StorageFile`].
 //!
-//! Two implementations: [`glommio_fs::GlommioStorage`] (O_DIRECT DMA files on io_uring, the
+//! Two implementations: [`glommio_fs::GlommioStorage`] (files on io_uring, O_DIRECT by default: the
 //! production one) and [`memory::MemStorage`] (an in-memory file system that models what is
 //! durable, tears writes on a simulated crash, and injects EIO/ENOSPC deterministically from a
 //! seed). Futures carry no `Send` bound: a storage instance lives on one core.
@@ -59,7 +59,7 @@ pub trait Storage: Clone + 'static {
     type File: StorageFile;
     /// Creates a directory and its parents.
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
-    /// Opens (or creates) a file for direct I/O reads and writes.
+    /// Opens (or creates) a file for reads and writes (direct I/O, unless the store says otherwise).
     async fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Self::File>;
     /// Names of the files directly inside `dir`, sorted.
     async fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;

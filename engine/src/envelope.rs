@@ -78,9 +78,10 @@ pub struct EnvelopeHeader {
     pub consensus_index: u64,
     /// Group-commit epoch: which flush of its log wrote the frame (see `recovery`).
     pub write_epoch: u64,
-    /// Position in this segment where the frames of `write_epoch` begin (0 if the epoch began
-    /// in an earlier segment). Recovery uses it to prove a tear lies inside one unacknowledged
-    /// group commit.
+    /// Position in this segment where the unsynced window began when the frame was staged: where
+    /// the frames of `write_epoch` begin, or, while a sync ran behind the appends, where the
+    /// epoch it was fdatasyncing began (0 if that was in an earlier segment). Recovery uses it
+    /// to prove a tear lies inside writes that were never synced.
     pub epoch_start: u64,
 }
 

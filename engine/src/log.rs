@@ -278,6 +278,14 @@ struct LogState<F: StorageFile> {
     last_term: u64,
     write_epoch: u64,
     epoch_start: u64,
+    /// Start of the active segment's oldest epoch not yet known durable: `epoch_start`, except
+    /// while [`PartitionLog::sync_behind_appends`] fdatasyncs the previous epoch. Frames carry
+    /// it (as their header's `epoch_start`), so recovery knows which damage a power cut can
+    /// explain (recovery.rs).
+    window_start: u64,
+    /// `truncate_suffix` calls so far: a `sync_behind_appends` that saw one happen during its
+    /// fdatasync does not record what it synced (those offsets may now hold other batches).
+    suffix_truncations: u64,
     failed: Option<String>,
     pool: Vec<F::Buffer>,
     stats: LogStats,
@@ -385,6 +393,8 @@ pub struct PartitionLog<S: Storage> {
     flush_waiters: WakeList<i64>,
     /// The last flush was a streaming one (see [`STREAMING_BATCH_BYTES`]).
     streaming: Cell<bool>,
+    /// A [`sync_behind_appends`](Self::sync_behind_appends) is running.
+    syncing_behind: Cell<bool>,
     /// Appends staged before the last flush started (the next one writes those since).
     appends_flushed: Cell<u64>,
     /// The active segment (base offset) and its size when `zero_ahead` last ran: how fast
@@ -439,6 +449,8 @@ impl<S: Storage> PartitionLog<S> {
             last_term: 0,
             write_epoch: 0,
             epoch_start: 0,
+            window_start: 0,
+            suffix_truncations: 0,
             failed: None,
             pool: Vec::new(),
             stats: LogStats::default(),
@@ -455,6 +467,7 @@ impl<S: Storage> PartitionLog<S> {
             flush_lock: LocalMutex::default(),
             flush_waiters: WakeList::default(),
             streaming: Cell::new(false),
+            syncing_behind: Cell::new(false),
             appends_flushed: Cell::new(0),
             zero_mark: Cell::new((-1, 0)),
             reserve_pace: Cell::new((i64::MIN, 0)),
@@ -661,6 +674,7 @@ impl<S: Storage> PartitionLog<S> {
         let active = st.active_mut();
         active.writer = Some(writer);
         st.epoch_start = epoch_start;
+        st.window_start = epoch_start;
         Ok(())
     }
 
@@ -701,6 +715,7 @@ impl<S: Storage> PartitionLog<S> {
             },
         );
         st.epoch_start = 0;
+        st.window_start = 0;
         Ok(())
     }
 
@@ -918,7 +933,7 @@ impl<S: Storage> PartitionLog<S> {
         info.base_offset = base_offset;
         let payload = batch.freeze();
         let write_epoch = st.write_epoch;
-        let epoch_start = st.epoch_start;
+        let epoch_start = st.window_start;
         let header = envelope::header_with_epoch(
             &info,
             payload.len(),
@@ -1050,7 +1065,40 @@ impl<S: Storage> PartitionLog<S> {
     /// crash never leaves a torn sealed segment before valid data.
     async fn flush_once(&self, sync: bool) -> Result<(), LogError> {
         self.state.borrow_mut().stats.flushes += 1;
-        // Rolled-away segments first (appends may roll again meanwhile: repeat until none).
+        self.seal_rolled_segments().await?;
+        let (active_base, target) = {
+            let mut st = self.state.borrow_mut();
+            // Frames staged from now on belong to the next group commit. This runs with no
+            // await before `write_segment` takes the staged bytes, so the flush writes exactly
+            // the frames of the epoch it closes. Only a flush that syncs starts an epoch:
+            // everything written since the last fdatasync is one epoch, since a power cut may
+            // keep any of those writes and lose any other (recovery's torn-tail rule depends on
+            // both; see recovery.rs).
+            if sync {
+                st.write_epoch += 1;
+                st.epoch_start = st.active().size;
+                // Nothing else writes while this flush holds the lock through its fdatasync,
+                // so the new epoch's frames reach the file only once the older ones are durable.
+                st.window_start = st.epoch_start;
+            }
+            (
+                *st.segments.keys().next_back().expect("active"),
+                st.next_offset,
+            )
+        };
+        self.write_segment(active_base, sync).await?;
+        let mut st = self.state.borrow_mut();
+        st.written_offset = st.written_offset.max(target);
+        if sync {
+            st.durable_offset = st.durable_offset.max(target);
+        }
+        Ok(())
+    }
+
+    /// Writes, syncs and seals every segment rolled away from (appends may roll again
+    /// meanwhile: repeats until none). Runs under the flush lock, so a crash never leaves a torn
+    /// sealed segment before valid data.
+    async fn seal_rolled_segments(&self) -> Result<(), LogError> {
         loop {
             let sealing: Vec<i64> = {
                 let st = self.state.borrow();
@@ -1068,29 +1116,6 @@ impl<S: Storage> PartitionLog<S> {
                 self.write_segment(base, true).await?;
                 self.seal_segment(base).await?;
             }
-        }
-        let (active_base, target) = {
-            let mut st = self.state.borrow_mut();
-            // Frames staged from now on belong to the next group commit. This runs with no
-            // await before `write_segment` takes the staged bytes, so the flush writes exactly
-            // the frames of the epoch it closes. Only a flush that syncs starts an epoch:
-            // everything written since the last fdatasync is one epoch, since a power cut may
-            // keep any of those writes and lose any other (recovery's torn-tail rule depends on
-            // both; see recovery.rs).
-            if sync {
-                st.write_epoch += 1;
-                st.epoch_start = st.active().size;
-            }
-            (
-                *st.segments.keys().next_back().expect("active"),
-                st.next_offset,
-            )
-        };
-        self.write_segment(active_base, sync).await?;
-        let mut st = self.state.borrow_mut();
-        st.written_offset = st.written_offset.max(target);
-        if sync {
-            st.durable_offset = st.durable_offset.max(target);
         }
         Ok(())
     }
@@ -1227,6 +1252,60 @@ impl<S: Storage> PartitionLog<S> {
     pub async fn flush(&self) -> Result<(), LogError> {
         let end = self.log_end_offset();
         self.flush_to(end, true).await
+    }
+
+    /// Makes everything appended so far durable without holding appends up for the fdatasync:
+    /// the periodic sync of `Write` and `Memory` durability (Kafka's `log.flush.interval.ms`,
+    /// Redis's background fsync). Under the flush lock it writes what is staged and starts a new
+    /// epoch, as a syncing flush does; then it releases the lock and fdatasyncs, so appends go
+    /// on writing meanwhile. Their frames carry the start of the epoch being synced as their
+    /// unsynced window, so a power cut during the fdatasync leaves damage that recovery reads as
+    /// the torn tail it is (recovery.rs), never as interior damage. Returns at once when one is
+    /// already running. A failed fdatasync fails the log, as on every path.
+    pub async fn sync_behind_appends(&self) -> Result<(), LogError> {
+        if self.syncing_behind.replace(true) {
+            return Ok(());
+        }
+        struct Running<'a>(&'a Cell<bool>);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.set(false);
+            }
+        }
+        let _running = Running(&self.syncing_behind);
+        let (file, base, target, next_window, truncations) = {
+            let _flush = self.lock_flush().await;
+            self.check_usable()?;
+            self.state.borrow_mut().stats.flushes += 1;
+            self.seal_rolled_segments().await?;
+            let (base, target, next_window) = {
+                let mut st = self.state.borrow_mut();
+                // As in `flush_once`: no await between closing the epoch and taking its bytes.
+                // The window stays at the older epoch until its fdatasync returns.
+                st.write_epoch += 1;
+                st.epoch_start = st.active().size;
+                (*st.segments.keys().next_back().expect("active"), st.next_offset, st.epoch_start)
+            };
+            self.write_segment(base, false).await?;
+            let mut st = self.state.borrow_mut();
+            st.written_offset = st.written_offset.max(target);
+            (st.active().file.clone(), base, target, next_window, st.suffix_truncations)
+        };
+        let started = std::time::Instant::now();
+        if let Err(e) = file.fdatasync().await {
+            return Err(self.fail(format!("fdatasync {}: {e}", file.path().display())));
+        }
+        let mut st = self.state.borrow_mut();
+        st.stats.fdatasync_latency.record(started.elapsed());
+        if st.suffix_truncations != truncations {
+            return Ok(());
+        }
+        st.durable_offset = st.durable_offset.max(target);
+        let active_base = *st.segments.keys().next_back().expect("active");
+        if active_base == base {
+            st.window_start = st.window_start.max(next_window);
+        }
+        Ok(())
     }
 
     /// With `Durability::Memory`: more than half of `staged_bytes_max` is staged and no flush
@@ -1637,6 +1716,7 @@ impl<S: Storage> PartitionLog<S> {
             st.next_offset = offset;
             st.written_offset = offset;
             st.durable_offset = offset;
+            st.suffix_truncations += 1;
         }
         self.cache.borrow_mut().remove_from(self.cache_id, offset);
         self.attach_writer().await?;

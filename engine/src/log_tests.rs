@@ -555,6 +555,82 @@ fn torn_tails_are_truncated() {
     }
 }
 
+/// Appends staged while a sync behind the appends fdatasyncs carry the window of the epoch being
+/// synced, so a tear in that epoch followed by their frames is a torn tail (truncated), not
+/// interior damage (a fenced log).
+#[test]
+fn a_tear_under_a_sync_behind_the_appends_is_a_torn_tail() {
+    use futures::executor::LocalPool;
+    use futures::task::LocalSpawnExt;
+    // Every store operation yields once, so the appender below runs while the sync is inside
+    // its write and its fdatasync.
+    let store = MemStorage::new(FaultConfig {
+        yield_ppm: 1_000_000,
+        ..FaultConfig::default()
+    });
+    let clock = ManualClock::new(T0);
+    let mut pool = LocalPool::new();
+    let log = Rc::new(
+        pool.run_until(open_mem(&store, small_config(), &clock))
+            .unwrap(),
+    );
+    pool.run_until(log.append(batch(1, 3000, T0), 1, Durability::Fsync))
+        .unwrap();
+    for _ in 0..3 {
+        pool.run_until(log.append(batch(1, 3000, T0), 1, Durability::Write))
+            .unwrap();
+    }
+    let syncing = log.clone();
+    let sync = pool
+        .spawner()
+        .spawn_local_with_handle(async move { syncing.sync_behind_appends().await })
+        .unwrap();
+    let appending = log.clone();
+    pool.spawner()
+        .spawn_local(async move {
+            appending
+                .append(batch(1, 3000, T0), 1, Durability::Write)
+                .await
+                .unwrap();
+        })
+        .unwrap();
+    pool.run_until(sync).unwrap();
+    pool.run();
+    assert_eq!(log.durable_end_offset(), 4, "the sync covered what was written before it");
+    let frames: Vec<Vec<u8>> = block_on(read_all(&log))
+        .iter()
+        .map(|b| b.to_frame())
+        .collect();
+    let headers: Vec<crate::envelope::EnvelopeHeader> = block_on(read_all(&log))
+        .iter()
+        .map(|b| b.header)
+        .collect();
+    assert_eq!(headers.len(), 5);
+    let (epoch, window) = (headers[1].write_epoch, headers[1].epoch_start);
+    assert_eq!(window, frames[0].len() as u64, "the Write epoch began after the first batch");
+    assert!(headers[1..4].iter().all(|h| (h.write_epoch, h.epoch_start) == (epoch, window)));
+    assert_eq!(
+        (headers[4].write_epoch, headers[4].epoch_start),
+        (epoch + 1, window),
+        "staged during the sync: the next epoch, the window of the one being synced"
+    );
+    drop(log);
+    // A power cut tore the third batch (a zero sector in it) while the fifth had landed.
+    let third = (frames[0].len() + frames[1].len()) as u64;
+    let path = store
+        .file_paths()
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .unwrap();
+    store.corrupt(&path, |f| {
+        let sector = (third as usize + 1024) / 512 * 512;
+        f[sector..sector + 512].fill(0);
+    });
+    let log = block_on(open_mem(&store, small_config(), &clock))
+        .unwrap_or_else(|e| panic!("a tear inside the unsynced window must not fence: {e}"));
+    assert_eq!(block_on(read_all(&log)).len(), 2, "cut at the tear");
+}
+
 #[test]
 fn interior_bit_flip_fences_the_log() {
     let store = MemStorage::reliable();

@@ -50,12 +50,19 @@ struct Totals {
     crashes: u64,
     runs_without_ack: u64,
     zeroed: u64,
+    /// `Write`/`Memory` batches made durable by a sync behind the appends, then checked.
+    synced_behind: u64,
 }
 
 #[derive(Default)]
 struct RoundLog {
-    /// base offset → seed of every batch acknowledged with Fsync.
+    /// base offset → seed of every batch acknowledged with Fsync, or acknowledged with `Write`
+    /// or `Memory` and then covered by a `sync_behind_appends` (the durable end it left).
     acked: BTreeMap<i64, u64>,
+    /// `Write`/`Memory` acknowledgements not yet covered by a sync: (last offset, base, seed).
+    pending: Vec<(i64, i64, u64)>,
+    /// Of `acked`, those a sync behind the appends covered.
+    synced_behind: u64,
     /// Set when any append of this log reported `Failed`.
     failed_seen: bool,
     /// Appends acknowledged after a failure was reported (must stay 0).
@@ -199,6 +206,8 @@ fn run_seed(seed: u64, totals: &mut Totals) {
                                 }
                                 if fsync {
                                     rl.acked.insert(r.base_offset, batch_seed);
+                                } else {
+                                    rl.pending.push((r.last_offset, r.base_offset, batch_seed));
                                 }
                             }
                             Err(LogError::Failed { .. }) => {
@@ -233,6 +242,37 @@ fn run_seed(seed: u64, totals: &mut Totals) {
                 })
                 .unwrap();
         }
+        // The periodic sync of `Write`/`Memory` durability runs beside them too, its fdatasync
+        // racing their writes; what it leaves durable must survive every later crash.
+        {
+            let (log, round_log) = (log.clone(), round_log.clone());
+            pool.spawner()
+                .spawn_local(async move {
+                    for _ in 0..30 {
+                        match log.sync_behind_appends().await {
+                            Ok(()) => {
+                                let durable = log.durable_end_offset();
+                                let mut rl = round_log.borrow_mut();
+                                let (covered, pending): (Vec<_>, Vec<_>) =
+                                    rl.pending.drain(..).partition(|(last, _, _)| *last < durable);
+                                rl.pending = pending;
+                                rl.synced_behind += covered.len() as u64;
+                                for (_, base, batch_seed) in covered {
+                                    rl.acked.insert(base, batch_seed);
+                                }
+                            }
+                            Err(LogError::Failed { .. }) => {
+                                round_log.borrow_mut().failed_seen = true;
+                                return;
+                            }
+                            Err(LogError::NoSpace { .. }) => {}
+                            Err(e) => panic!("unexpected sync_behind_appends error: {e}"),
+                        }
+                        futures_lite::future::yield_now().await;
+                    }
+                })
+                .unwrap();
+        }
         next_batch_seed += 1_000_000;
         // Power cut after a random number of executor steps (or after everything finished).
         let steps = rng.gen_range(1..400);
@@ -249,6 +289,7 @@ fn run_seed(seed: u64, totals: &mut Totals) {
         for (base, batch_seed) in &rl.acked {
             acknowledged.insert(*base, *batch_seed);
         }
+        totals.synced_behind += rl.synced_behind;
         drop(rl);
         drop(pool);
         drop(log);
@@ -295,14 +336,18 @@ fn seeded_faults_never_lose_or_duplicate_acknowledged_batches() {
         run_seed(seed, &mut totals);
     }
     eprintln!(
-        "simulation: seeds {seeds}, crashes {}, faults injected {}, acknowledged {}, lost {}, duplicated {}, runs without an acknowledgement {}, bytes zeroed ahead {}",
-        totals.crashes, totals.faults, totals.acknowledged, totals.lost, totals.duplicated, totals.runs_without_ack, totals.zeroed
+        "simulation: seeds {seeds}, crashes {}, faults injected {}, acknowledged {}, lost {}, duplicated {}, runs without an acknowledgement {}, bytes zeroed ahead {}, write/memory batches synced behind the appends {}",
+        totals.crashes, totals.faults, totals.acknowledged, totals.lost, totals.duplicated, totals.runs_without_ack, totals.zeroed, totals.synced_behind
     );
     assert_eq!(totals.lost, 0);
     assert_eq!(totals.duplicated, 0);
     assert!(
         totals.zeroed > 0,
         "zero_ahead never ran against the appenders"
+    );
+    assert!(
+        totals.synced_behind > 0,
+        "no sync behind the appends ever covered an acknowledged batch"
     );
     assert!(
         totals.faults > seeds,

@@ -87,7 +87,7 @@ impl DiskStore {
     /// Runs until the executor stops. A failing fdatasync fails that log, as on any path.
     pub fn flush_periodically(&self, interval: std::time::Duration) -> impl Future<Output = ()> + 'static {
         let behind = |log: &PartitionLog<GlommioStorage>| log.durable_end_offset() < log.log_end_offset();
-        self.on_timer(interval, "periodic flush failed", behind, |log| async move { log.flush().await })
+        self.on_timer(interval, "periodic flush failed", behind, |log| async move { log.sync_behind_appends().await })
     }
 
     /// Every `interval`, writes zeros ahead of each log's end ([`PartitionLog::zero_ahead`]):

@@ -603,6 +603,16 @@ mod tests {
         });
     }
 
+    /// Waits (at most 20 s: a loaded machine's fdatasyncs are slow) until the log is durable up
+    /// to `offset`, and fails the test otherwise.
+    async fn durable_within(log: &PartitionLog<GlommioStorage>, offset: i64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while log.durable_end_offset() < offset && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(log.durable_end_offset(), offset, "the timer fdatasynced the acknowledged appends");
+    }
+
     #[test]
     fn periodic_flush_makes_write_durability_appends_durable() {
         for io in [FileIo::Direct, FileIo::Buffered] {
@@ -624,16 +634,14 @@ mod tests {
             assert_eq!(log.durable_end_offset(), 0);
             let syncs = store.log_totals().fdatasyncs();
             glommio::spawn_local(store.flush_periodically(std::time::Duration::from_millis(20))).detach();
-            glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
-            assert_eq!(log.durable_end_offset(), 3, "the timer fdatasynced the acknowledged appends");
+            durable_within(&log, 3).await;
             let after_first = store.log_totals().fdatasyncs();
             assert!(after_first > syncs);
             // A log with nothing new is not synced again.
             glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
             assert_eq!(store.log_totals().fdatasyncs(), after_first);
             store.append(&tp, batches(2)).await.unwrap();
-            glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
-            assert_eq!(log.durable_end_offset(), 5);
+            durable_within(&log, 5).await;
             store.close_all().await;
         });
     }
@@ -655,6 +663,11 @@ mod tests {
                 store.append(&tp, batches(100)).await.unwrap();
             }
             assert_eq!(log.written_end_offset(), 0, "acknowledged from memory, nothing written yet");
+            // The write-out runs on its own (at most 20 s on a loaded machine's disk).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while log.written_end_offset() == 0 && std::time::Instant::now() < deadline {
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
             glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
             // Everything staged when the write-out started is written; what came after is below
             // half the limit and waits for the next one (or the timer).
@@ -675,9 +688,15 @@ mod tests {
             store.create_partition(&tp, &TopicConfig::default()).await.unwrap();
             store.append(&tp, batches(3)).await.unwrap();
             glommio::spawn_local(store.zero_ahead_periodically(std::time::Duration::from_millis(10))).detach();
-            glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
-            let zeroed = store.log_totals().bytes_zeroed;
-            assert_eq!(zeroed, rill_engine::log::ZERO_AHEAD_BYTES, "the default lead, once");
+            // The lead takes a few of the timer's turns (256 KiB per write), more on a loaded
+            // machine: wait for it, boundedly, then check no turn zeroes past it.
+            let lead = rill_engine::log::ZERO_AHEAD_BYTES;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while store.log_totals().bytes_zeroed < lead && std::time::Instant::now() < deadline {
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+            assert_eq!(store.log_totals().bytes_zeroed, lead, "the default lead, once");
             for _ in 0..20 {
                 store.append(&tp, batches(2)).await.unwrap();
                 glommio::timer::sleep(std::time::Duration::from_millis(5)).await;

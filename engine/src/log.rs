@@ -277,11 +277,10 @@ struct LogState<F: StorageFile> {
     durable_offset: i64,
     last_term: u64,
     write_epoch: u64,
-    epoch_start: u64,
-    /// Start of the active segment's oldest epoch not yet known durable: `epoch_start`, except
-    /// while [`PartitionLog::sync_behind_appends`] fdatasyncs the previous epoch. Frames carry
-    /// it (as their header's `epoch_start`), so recovery knows which damage a power cut can
-    /// explain (recovery.rs).
+    /// Start of the active segment's oldest epoch not yet known durable: the current epoch's
+    /// start, except while [`PartitionLog::sync_behind_appends`] fdatasyncs the previous epoch.
+    /// Frames carry it (as their header's `epoch_start`), so recovery knows which damage a power
+    /// cut can explain (recovery.rs).
     window_start: u64,
     /// `truncate_suffix` calls so far: a `sync_behind_appends` that saw one happen during its
     /// fdatasync does not record what it synced (those offsets may now hold other batches).
@@ -448,7 +447,6 @@ impl<S: Storage> PartitionLog<S> {
             durable_offset: 0,
             last_term: 0,
             write_epoch: 0,
-            epoch_start: 0,
             window_start: 0,
             suffix_truncations: 0,
             failed: None,
@@ -670,11 +668,9 @@ impl<S: Storage> PartitionLog<S> {
         let mut st = self.state.borrow_mut();
         let chunk = take_chunk(&mut st.pool, &*file, self.config().chunk_bytes);
         let writer = SegmentWriter::new(self.config().chunk_bytes, size, &tail, chunk);
-        let epoch_start = size;
         let active = st.active_mut();
         active.writer = Some(writer);
-        st.epoch_start = epoch_start;
-        st.window_start = epoch_start;
+        st.window_start = size;
         Ok(())
     }
 
@@ -714,7 +710,6 @@ impl<S: Storage> PartitionLog<S> {
                 writer: Some(writer),
             },
         );
-        st.epoch_start = 0;
         st.window_start = 0;
         Ok(())
     }
@@ -1076,10 +1071,9 @@ impl<S: Storage> PartitionLog<S> {
             // both; see recovery.rs).
             if sync {
                 st.write_epoch += 1;
-                st.epoch_start = st.active().size;
                 // Nothing else writes while this flush holds the lock through its fdatasync,
                 // so the new epoch's frames reach the file only once the older ones are durable.
-                st.window_start = st.epoch_start;
+                st.window_start = st.active().size;
             }
             (
                 *st.segments.keys().next_back().expect("active"),
@@ -1283,8 +1277,7 @@ impl<S: Storage> PartitionLog<S> {
                 // As in `flush_once`: no await between closing the epoch and taking its bytes.
                 // The window stays at the older epoch until its fdatasync returns.
                 st.write_epoch += 1;
-                st.epoch_start = st.active().size;
-                (*st.segments.keys().next_back().expect("active"), st.next_offset, st.epoch_start)
+                (*st.segments.keys().next_back().expect("active"), st.next_offset, st.active().size)
             };
             self.write_segment(base, false).await?;
             let mut st = self.state.borrow_mut();

@@ -603,13 +603,18 @@ mod tests {
         });
     }
 
-    /// Waits (at most 20 s: a loaded machine's fdatasyncs are slow) until the log is durable up
-    /// to `offset`, and fails the test otherwise.
-    async fn durable_within(log: &PartitionLog<GlommioStorage>, offset: i64) {
+    /// Waits until `done` holds, polling every 10 ms, for at most 20 s (background work on a
+    /// loaded machine's disk is slow); the caller asserts what it waited for.
+    async fn wait_until(done: impl Fn() -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while log.durable_end_offset() < offset && std::time::Instant::now() < deadline {
+        while !done() && std::time::Instant::now() < deadline {
             glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+
+    /// Waits until the log is durable up to `offset`, and fails the test otherwise.
+    async fn durable_within(log: &PartitionLog<GlommioStorage>, offset: i64) {
+        wait_until(|| log.durable_end_offset() >= offset).await;
         assert_eq!(log.durable_end_offset(), offset, "the timer fdatasynced the acknowledged appends");
     }
 
@@ -663,11 +668,7 @@ mod tests {
                 store.append(&tp, batches(100)).await.unwrap();
             }
             assert_eq!(log.written_end_offset(), 0, "acknowledged from memory, nothing written yet");
-            // The write-out runs on its own (at most 20 s on a loaded machine's disk).
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-            while log.written_end_offset() == 0 && std::time::Instant::now() < deadline {
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
-            }
+            wait_until(|| log.written_end_offset() > 0).await;
             glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
             // Everything staged when the write-out started is written; what came after is below
             // half the limit and waits for the next one (or the timer).
@@ -691,10 +692,7 @@ mod tests {
             // The lead takes a few of the timer's turns (256 KiB per write), more on a loaded
             // machine: wait for it, boundedly, then check no turn zeroes past it.
             let lead = rill_engine::log::ZERO_AHEAD_BYTES;
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-            while store.log_totals().bytes_zeroed < lead && std::time::Instant::now() < deadline {
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
-            }
+            wait_until(|| store.log_totals().bytes_zeroed >= lead).await;
             glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
             assert_eq!(store.log_totals().bytes_zeroed, lead, "the default lead, once");
             for _ in 0..20 {

@@ -235,16 +235,12 @@ impl StorageFile for GlommioFile {
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
-        match &self.file {
-            Handle::Dma(file) => {
-                let result = file.read_at(pos, len).await.map_err(os_error)?;
-                Ok(Bytes::copy_from_slice(&result))
-            }
-            Handle::Buffered(file) => {
-                let result = file.read_at(pos, len).await.map_err(os_error)?;
-                Ok(Bytes::copy_from_slice(&result))
-            }
+        let result = match &self.file {
+            Handle::Dma(file) => file.read_at(pos, len).await,
+            Handle::Buffered(file) => file.read_at(pos, len).await,
         }
+        .map_err(os_error)?;
+        Ok(Bytes::copy_from_slice(&result))
     }
 
     async fn fdatasync(&self) -> io::Result<()> {

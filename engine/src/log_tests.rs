@@ -596,19 +596,27 @@ fn a_tear_under_a_sync_behind_the_appends_is_a_torn_tail() {
         .unwrap();
     pool.run_until(sync).unwrap();
     pool.run();
-    assert_eq!(log.durable_end_offset(), 4, "the sync covered what was written before it");
+    assert_eq!(
+        log.durable_end_offset(),
+        4,
+        "the sync covered what was written before it"
+    );
     let frames: Vec<Vec<u8>> = block_on(read_all(&log))
         .iter()
         .map(|b| b.to_frame())
         .collect();
-    let headers: Vec<crate::envelope::EnvelopeHeader> = block_on(read_all(&log))
-        .iter()
-        .map(|b| b.header)
-        .collect();
+    let headers: Vec<crate::envelope::EnvelopeHeader> =
+        block_on(read_all(&log)).iter().map(|b| b.header).collect();
     assert_eq!(headers.len(), 5);
     let (epoch, window) = (headers[1].write_epoch, headers[1].epoch_start);
-    assert_eq!(window, frames[0].len() as u64, "the Write epoch began after the first batch");
-    assert!(headers[1..4].iter().all(|h| (h.write_epoch, h.epoch_start) == (epoch, window)));
+    assert_eq!(
+        window,
+        frames[0].len() as u64,
+        "the Write epoch began after the first batch"
+    );
+    assert!(headers[1..4]
+        .iter()
+        .all(|h| (h.write_epoch, h.epoch_start) == (epoch, window)));
     assert_eq!(
         (headers[4].write_epoch, headers[4].epoch_start),
         (epoch + 1, window),
@@ -883,6 +891,61 @@ mod on_glommio {
         });
     }
 
+    /// Buffered files write small ranges inline and large ones through io_uring; a log mixing
+    /// both (each small write rewriting the tail page a large one left) reads back whole, before
+    /// and after a reopen.
+    #[test]
+    fn large_and_small_writes_round_trip_on_both_kinds_of_file() {
+        for storage in BOTH {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("topic-0");
+            run(async move {
+                let clock: Rc<dyn Clock> = Rc::new(ManualClock::new(T0));
+                let config = LogConfig {
+                    segment_bytes: 8 << 20,
+                    ..LogConfig::default()
+                };
+                let open = || {
+                    PartitionLog::open(
+                        storage,
+                        path.clone(),
+                        config,
+                        BatchCache::shared(0),
+                        clock.clone(),
+                    )
+                };
+                let log = open().await.unwrap();
+                let mut sent = Vec::new();
+                for i in 0..12 {
+                    let body = if i % 3 == 0 {
+                        600 * 1024 + i * 97
+                    } else {
+                        100 + i * 997
+                    };
+                    let durability = if i % 2 == 0 {
+                        Durability::Write
+                    } else {
+                        Durability::Fsync
+                    };
+                    let b = batch(1, body, T0);
+                    let r = log.append(b.clone(), 1, durability).await.unwrap();
+                    let mut p = b.to_vec();
+                    envelope::patch_kafka_batch(&mut p, r.base_offset, 1);
+                    sent.push(p);
+                }
+                assert!(log.stats().bytes_written > 4 * 600 * 1024);
+                let payloads = |batches: Vec<StoredBatch>| -> Vec<Vec<u8>> {
+                    batches.into_iter().map(|b| b.payload.to_vec()).collect()
+                };
+                assert_eq!(payloads(read_all(&log).await), sent);
+                log.close().await.unwrap();
+                let log = open().await.unwrap();
+                assert_eq!(payloads(read_all(&log).await), sent);
+                log.close().await.unwrap();
+            });
+        }
+    }
+
     #[test]
     fn zero_ahead_on_dma_files_keeps_every_batch() {
         for storage in BOTH {
@@ -995,9 +1058,15 @@ mod on_glommio {
                     ..LogConfig::default()
                 };
                 let log = Rc::new(
-                    PartitionLog::open(GlommioStorage::DIRECT, path, config, BatchCache::shared(0), clock)
-                        .await
-                        .unwrap(),
+                    PartitionLog::open(
+                        GlommioStorage::DIRECT,
+                        path,
+                        config,
+                        BatchCache::shared(0),
+                        clock,
+                    )
+                    .await
+                    .unwrap(),
                 );
                 let tasks: Vec<_> = (0..4)
                     .map(|_| {

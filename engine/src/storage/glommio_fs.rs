@@ -43,7 +43,9 @@ impl GlommioStorage {
     /// Direct I/O (the default).
     pub const DIRECT: Self = Self { io: FileIo::Direct };
     /// Buffered I/O through the page cache.
-    pub const BUFFERED: Self = Self { io: FileIo::Buffered };
+    pub const BUFFERED: Self = Self {
+        io: FileIo::Buffered,
+    };
 
     /// A store whose files are opened for `io`.
     pub fn new(io: FileIo) -> Self {
@@ -61,8 +63,22 @@ pub struct GlommioFile {
 #[derive(Debug)]
 enum Handle {
     Dma(DmaFile),
-    Buffered(BufferedFile),
+    /// glommio's file for the calls that may wait on the device (fdatasync, fallocate, reads of
+    /// what the page cache lost), and a second descriptor of the same file for inline writes.
+    Buffered {
+        file: BufferedFile,
+        inline: std::fs::File,
+    },
 }
+
+/// Largest write to a buffered file made inline, by a `pwrite` on the core's own thread, rather
+/// than through io_uring. ext4 takes no non-blocking buffered writes (`RWF_NOWAIT` gives
+/// EOPNOTSUPP), so io_uring hands every one to an io-wq worker thread. That worker shares the
+/// core's CPU, and a busy core runs out its scheduler slice before the worker gets the CPU back:
+/// writes of a few KiB waited up to 5 ms for it (docs/BENCHMARKS.md, session 9). An inline write
+/// is a copy into the page cache, a few µs per 4 KiB, with no thread hop. Larger writes, whose
+/// copy would hold the core longer, still go through io_uring.
+const INLINE_WRITE_BYTES_MAX: usize = 256 << 10;
 
 impl IoBuffer for DmaBuffer {
     fn as_bytes(&self) -> &[u8] {
@@ -131,7 +147,18 @@ impl Storage for GlommioStorage {
                 }
                 Handle::Dma(options.dma_open(path).await.map_err(os_error)?)
             }
-            FileIo::Buffered => Handle::Buffered(options.buffered_open(path).await.map_err(os_error)?),
+            FileIo::Buffered => {
+                let file = options.buffered_open(path).await.map_err(os_error)?;
+                let inline_path = path.to_path_buf();
+                let inline = blocking(move || {
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(inline_path)
+                })
+                .await?;
+                Handle::Buffered { file, inline }
+            }
         };
         Ok(GlommioFile {
             file,
@@ -219,7 +246,7 @@ impl StorageFile for GlommioFile {
         // Aligned either way, so the log's staging works alike on both kinds of file.
         let mut buf = match &self.file {
             Handle::Dma(file) => file.alloc_dma_buffer(len),
-            Handle::Buffered(_) => glommio::allocate_dma_buffer(len),
+            Handle::Buffered { .. } => glommio::allocate_dma_buffer(len),
         };
         buf.as_bytes_mut().fill(0);
         buf
@@ -227,17 +254,24 @@ impl StorageFile for GlommioFile {
 
     async fn write_at(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
         match &self.file {
-            Handle::Dma(file) => file.write_rc_at(buf, pos).await,
+            Handle::Dma(file) => file.write_rc_at(buf, pos).await.map_err(os_error),
+            Handle::Buffered { inline, .. } if buf.as_bytes().len() <= INLINE_WRITE_BYTES_MAX => {
+                use std::os::unix::fs::FileExt;
+                inline.write_all_at(buf.as_bytes(), pos)?;
+                Ok(buf.as_bytes().len())
+            }
             // glommio's buffered write takes ownership of a Vec: one copy.
-            Handle::Buffered(file) => file.write_at(buf.as_bytes().to_vec(), pos).await,
+            Handle::Buffered { file, .. } => file
+                .write_at(buf.as_bytes().to_vec(), pos)
+                .await
+                .map_err(os_error),
         }
-        .map_err(os_error)
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
         let result = match &self.file {
             Handle::Dma(file) => file.read_at(pos, len).await,
-            Handle::Buffered(file) => file.read_at(pos, len).await,
+            Handle::Buffered { file, .. } => file.read_at(pos, len).await,
         }
         .map_err(os_error)?;
         Ok(Bytes::copy_from_slice(&result))
@@ -246,7 +280,7 @@ impl StorageFile for GlommioFile {
     async fn fdatasync(&self) -> io::Result<()> {
         match &self.file {
             Handle::Dma(file) => file.fdatasync().await,
-            Handle::Buffered(file) => file.fdatasync().await,
+            Handle::Buffered { file, .. } => file.fdatasync().await,
         }
         .map_err(os_error)
     }
@@ -254,7 +288,7 @@ impl StorageFile for GlommioFile {
     async fn preallocate(&self, len: u64) -> io::Result<()> {
         match &self.file {
             Handle::Dma(file) => file.pre_allocate(len, false).await,
-            Handle::Buffered(file) => file.pre_allocate(len, false).await,
+            Handle::Buffered { file, .. } => file.pre_allocate(len, false).await,
         }
         .map_err(os_error)
     }
@@ -262,7 +296,7 @@ impl StorageFile for GlommioFile {
     async fn truncate(&self, len: u64) -> io::Result<()> {
         match &self.file {
             Handle::Dma(file) => file.truncate(len).await,
-            Handle::Buffered(file) => file.truncate(len).await,
+            Handle::Buffered { file, .. } => file.truncate(len).await,
         }
         .map_err(os_error)
     }
@@ -270,7 +304,7 @@ impl StorageFile for GlommioFile {
     async fn size(&self) -> io::Result<u64> {
         match &self.file {
             Handle::Dma(file) => file.file_size().await,
-            Handle::Buffered(file) => file.file_size().await,
+            Handle::Buffered { file, .. } => file.file_size().await,
         }
         .map_err(os_error)
     }
@@ -282,7 +316,7 @@ impl StorageFile for GlommioFile {
     async fn close(self) -> io::Result<()> {
         match self.file {
             Handle::Dma(file) => file.close().await,
-            Handle::Buffered(file) => file.close().await,
+            Handle::Buffered { file, .. } => file.close().await,
         }
         .map_err(os_error)
     }

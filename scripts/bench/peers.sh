@@ -57,7 +57,7 @@ rounds=${PEERS_ROUNDS:-3}
 if [ "${PEERS_QUICK:-0}" = 1 ]; then
   duration=2s; warmup=1s; pairs=${PEERS_PAIRS:-1}; rounds=${PEERS_ROUNDS:-1}; export LIMITS_QUICK=1
 fi
-systems=${PEERS_ONLY:-"rill rill-kw rill-kw-write rill-memory tansu-sqlite tansu-memory nats-file redis-always redis-everysec"}
+systems=${PEERS_ONLY:-"rill rill-kw rill-kw-write rill-kw-buffered rill-memory tansu-sqlite tansu-memory nats-file redis-always redis-everysec"}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=$root/target/bench/peers/$stamp
 mkdir -p "$out"

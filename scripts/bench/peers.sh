@@ -77,7 +77,7 @@ trap cleanup EXIT
 
 # --- tools ----------------------------------------------------------------------------------
 need=()
-for p in nats-server redis-server cmake libcurl4-openssl-dev libsasl2-dev libssl-dev jq fonts-dejavu-core; do
+for p in nats-server redis-server curl cmake libcurl4-openssl-dev libsasl2-dev libssl-dev jq fonts-dejavu-core; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if ((${#need[@]})); then
@@ -120,10 +120,10 @@ wait_port() { # wait_port PORT PID: until something listens, at most 60 s
   return 1
 }
 
-# start_system NAME DIR -> sets: port, pid, client, durability
+# start_system NAME DIR -> sets: port, pid, client, durability, admin (Rill's admin port, else empty)
 start_system() {
   local name=$1 dir=$2
-  port=$(free_port)
+  port=$(free_port); admin=
   mkdir -p "$dir"
   case $name in
     rill|rill-kw|rill-kw-write|rill-kw-buffered|rill-memory)
@@ -135,8 +135,9 @@ start_system() {
         echo "memory_store_mib_per_core = 4096" >"$dir/rill.toml"
         storage=(--storage memory --config "$dir/rill.toml")
       fi
+      admin=$(free_port)
       taskset -c "$server_cpu" "$rill" serve --cores 1 --auto-create-topics --kafka-listen "127.0.0.1:$port" "${storage[@]}" \
-        --admin-listen "127.0.0.1:$(free_port)" --data-dir "$dir/data" >"$dir/server.log" 2>&1 &
+        --admin-listen "127.0.0.1:$admin" --data-dir "$dir/data" >"$dir/server.log" 2>&1 &
       pid=$!; client=librdkafka
       [[ "$name" = rill-kw* ]] && client=kafka-wire ;;
     tansu-sqlite|tansu-memory)
@@ -201,6 +202,10 @@ run_one() {
   if ! timeout 5m "${cmd[@]}" >"$out/$name.txt" 2>&1; then
     echo "FAILED: $name" >&2; tail -5 "$out/$name.txt" >&2
   fi
+  # Rill's own account of the run (its storage calls' slowest and their histograms), so a tail
+  # can be traced to the disk or away from it. The server started fresh for this run, so this
+  # covers its warm-up too.
+  [ -n "$admin" ] && { curl -sf --max-time 5 "127.0.0.1:$admin/metrics" >"$out/$name.metrics" || true; }
   stop_system
   # Data is deleted only after the last run (see the note on discards above).
   doomed+=("$out/$name/data" "$out/$name/js" "$out/$name"/*.db* "$out/$name"/appendonly*)

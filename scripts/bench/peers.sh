@@ -23,6 +23,9 @@
 #     rill-kw-buffered  rill --durability write --segment-io buffered (acknowledged once the page
 #                     cache holds it; fdatasync every second), `--client kafka-wire`: like
 #                     redis-everysec, whose appends also land in the page cache
+#     rill-kw-buffered-fsync  rill --durability fsync --segment-io buffered, `--client kafka-wire`
+#                     (not in the default list): the appends' writes land in the page cache and
+#                     each group commit's fdatasync writes them back, as redis-always's does
 #     rill-memory     rill serve --cores 1 --storage memory (no durability), 4 GiB store
 #     tansu-sqlite    tansu 0.6.0, sqlite:// engine (WAL, synchronous=NORMAL: no fsync per commit)
 #     tansu-memory    tansu 0.6.0, memory:// engine (no durability)
@@ -126,10 +129,11 @@ start_system() {
   port=$(free_port); admin=
   mkdir -p "$dir"
   case $name in
-    rill|rill-kw|rill-kw-write|rill-kw-buffered|rill-memory)
+    rill|rill-kw|rill-kw-write|rill-kw-buffered|rill-kw-buffered-fsync|rill-memory)
       local storage=(--storage disk --durability fsync)
       [ "$name" = rill-kw-write ] && storage=(--storage disk --durability write)
       [ "$name" = rill-kw-buffered ] && storage=(--storage disk --durability write --segment-io buffered)
+      [ "$name" = rill-kw-buffered-fsync ] && storage=(--storage disk --durability fsync --segment-io buffered)
       if [ "$name" = rill-memory ]; then
         # The in-memory store refuses appends past its budget (1 GiB per core by default).
         echo "memory_store_mib_per_core = 4096" >"$dir/rill.toml"
@@ -162,6 +166,7 @@ start_system() {
   case $name in
     rill|rill-kw) durability="direct-I/O engine, --durability fsync (acknowledged after fdatasync)" ;;
     rill-kw-write) durability="direct-I/O engine, --durability write (acknowledged once written; fdatasync every 1 s)" ;;
+    rill-kw-buffered-fsync) durability="engine on buffered files, --durability fsync --segment-io buffered (acknowledged after fdatasync)" ;;
     rill-kw-buffered) durability="engine on buffered files, --durability write --segment-io buffered (acknowledged once in the page cache; fdatasync every 1 s)" ;;
     rill-memory) durability="--storage memory (no durability)" ;;
     tansu-sqlite) durability="sqlite:// engine (WAL, synchronous=NORMAL)" ;;

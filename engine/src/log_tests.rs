@@ -836,6 +836,40 @@ mod on_glommio {
     /// Direct and buffered files alike.
     const BOTH: [GlommioStorage; 2] = [GlommioStorage::DIRECT, GlommioStorage::BUFFERED];
 
+    /// Opens (or reopens) the log at `path` with no batch cache, so reads come from the files.
+    async fn open_files(
+        storage: GlommioStorage,
+        path: &Path,
+        config: LogConfig,
+    ) -> PartitionLog<GlommioStorage> {
+        let clock: Rc<dyn Clock> = Rc::new(ManualClock::new(T0));
+        PartitionLog::open(storage, path, config, BatchCache::shared(0), clock)
+            .await
+            .unwrap()
+    }
+
+    /// Appends `b` and keeps its bytes as the log stores them (offsets assigned) in `sent`.
+    async fn append_kept(
+        log: &PartitionLog<GlommioStorage>,
+        b: BytesMut,
+        durability: Durability,
+        sent: &mut Vec<Vec<u8>>,
+    ) {
+        let r = log.append(b.clone(), 1, durability).await.unwrap();
+        let mut p = b.to_vec();
+        envelope::patch_kafka_batch(&mut p, r.base_offset, 1);
+        sent.push(p);
+    }
+
+    /// Every batch's bytes as read from the log's start.
+    async fn payloads(log: &PartitionLog<GlommioStorage>) -> Vec<Vec<u8>> {
+        read_all(log)
+            .await
+            .into_iter()
+            .map(|b| b.payload.to_vec())
+            .collect()
+    }
+
     #[test]
     fn dma_files_round_trip_and_recover() {
         for storage in BOTH {
@@ -847,39 +881,16 @@ mod on_glommio {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("topic-0");
         run(async move {
-            let clock: Rc<dyn Clock> = Rc::new(ManualClock::new(T0));
-            let open = || {
-                PartitionLog::open(
-                    storage,
-                    path.clone(),
-                    small_config(),
-                    BatchCache::shared(0),
-                    clock.clone(),
-                )
-            };
-            let log = open().await.unwrap();
+            let log = open_files(storage, &path, small_config()).await;
             let mut sent = Vec::new();
             for i in 0..30 {
                 let b = batch(2, 100 + i * 997, T0);
-                let r = log.append(b.clone(), 1, Durability::Fsync).await.unwrap();
-                let mut p = b.to_vec();
-                envelope::patch_kafka_batch(&mut p, r.base_offset, 1);
-                sent.push(p);
+                append_kept(&log, b, Durability::Fsync, &mut sent).await;
             }
-            let got: Vec<_> = read_all(&log)
-                .await
-                .into_iter()
-                .map(|b| b.payload.to_vec())
-                .collect();
-            assert_eq!(got, sent);
+            assert_eq!(payloads(&log).await, sent);
             drop(log); // no close: files keep their preallocated tails, as after a crash
-            let log = open().await.unwrap();
-            let got: Vec<_> = read_all(&log)
-                .await
-                .into_iter()
-                .map(|b| b.payload.to_vec())
-                .collect();
-            assert_eq!(got, sent);
+            let log = open_files(storage, &path, small_config()).await;
+            assert_eq!(payloads(&log).await, sent);
             log.close().await.unwrap();
             for name in log.segment_names() {
                 let len = std::fs::metadata(path.join(&name)).unwrap().len();
@@ -900,21 +911,11 @@ mod on_glommio {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("topic-0");
             run(async move {
-                let clock: Rc<dyn Clock> = Rc::new(ManualClock::new(T0));
                 let config = LogConfig {
                     segment_bytes: 8 << 20,
                     ..LogConfig::default()
                 };
-                let open = || {
-                    PartitionLog::open(
-                        storage,
-                        path.clone(),
-                        config,
-                        BatchCache::shared(0),
-                        clock.clone(),
-                    )
-                };
-                let log = open().await.unwrap();
+                let log = open_files(storage, &path, config).await;
                 let mut sent = Vec::new();
                 for i in 0..12 {
                     let body = if i % 3 == 0 {
@@ -927,20 +928,13 @@ mod on_glommio {
                     } else {
                         Durability::Fsync
                     };
-                    let b = batch(1, body, T0);
-                    let r = log.append(b.clone(), 1, durability).await.unwrap();
-                    let mut p = b.to_vec();
-                    envelope::patch_kafka_batch(&mut p, r.base_offset, 1);
-                    sent.push(p);
+                    append_kept(&log, batch(1, body, T0), durability, &mut sent).await;
                 }
                 assert!(log.stats().bytes_written > 4 * 600 * 1024);
-                let payloads = |batches: Vec<StoredBatch>| -> Vec<Vec<u8>> {
-                    batches.into_iter().map(|b| b.payload.to_vec()).collect()
-                };
-                assert_eq!(payloads(read_all(&log).await), sent);
+                assert_eq!(payloads(&log).await, sent);
                 log.close().await.unwrap();
-                let log = open().await.unwrap();
-                assert_eq!(payloads(read_all(&log).await), sent);
+                let log = open_files(storage, &path, config).await;
+                assert_eq!(payloads(&log).await, sent);
                 log.close().await.unwrap();
             });
         }
@@ -957,43 +951,25 @@ mod on_glommio {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("topic-0");
         run(async move {
-            let clock: Rc<dyn Clock> = Rc::new(ManualClock::new(T0));
             let config = LogConfig {
                 segment_bytes: 256 * 1024,
                 zero_ahead_bytes: 64 * 1024,
                 ..small_config()
             };
-            let open = || {
-                PartitionLog::open(
-                    storage,
-                    path.clone(),
-                    config,
-                    BatchCache::shared(0),
-                    clock.clone(),
-                )
-            };
-            let log = open().await.unwrap();
+            let log = open_files(storage, &path, config).await;
             let mut sent = Vec::new();
             for i in 0..60 {
                 if i % 5 == 0 {
                     log.zero_ahead().await.unwrap();
                 }
                 let b = batch(2, 100 + i * 397, T0);
-                let r = log.append(b.clone(), 1, Durability::Fsync).await.unwrap();
-                let mut p = b.to_vec();
-                envelope::patch_kafka_batch(&mut p, r.base_offset, 1);
-                sent.push(p);
+                append_kept(&log, b, Durability::Fsync, &mut sent).await;
             }
             assert!(log.stats().bytes_zeroed >= 64 * 1024);
             assert!(log.segment_count() > 1, "rolled across zeroed segments");
             drop(log); // no close: the zeroed tail stays, as after a crash
-            let log = open().await.unwrap();
-            let got: Vec<_> = read_all(&log)
-                .await
-                .into_iter()
-                .map(|b| b.payload.to_vec())
-                .collect();
-            assert_eq!(got, sent);
+            let log = open_files(storage, &path, config).await;
+            assert_eq!(payloads(&log).await, sent);
             log.close().await.unwrap();
         });
     }

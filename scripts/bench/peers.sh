@@ -10,6 +10,7 @@
 #
 #   Workloads (1 producer, 1 consumer, 1 partition/stream, 100-byte records, acks=all):
 #     max   closed loop, 10,000 records in flight, librdkafka linger.ms=5: throughput
+#     produce  max with the producer alone (no consumer), for the Kafka-protocol brokers only
 #     rate  open loop at 50,000 records/s, linger.ms=0: produce-ack and end-to-end latency
 #           (coordinated omission corrected); PEERS_ROUNDS rounds, the systems taking turns in
 #           each round, and the report gives each percentile's median over the rounds
@@ -180,11 +181,12 @@ start_system() {
 stop_system() { stop_pid "$pid"; }
 
 common=(--warmup "$warmup" --duration "$duration" --record-size 100 --partitions 1 --producers 1
-        --consumers 1 --acks all --quiet --out "$out")
-workload_args() { # workload_args max|rate
+        --acks all --quiet --out "$out")
+workload_args() { # workload_args max|produce|rate
   case $1 in
-    max) echo "--max --in-flight 10000 --linger-ms 5" ;;
-    rate) echo "--rate $rate --tick-us $tick_us --linger-ms 0" ;;
+    max) echo "--max --in-flight 10000 --linger-ms 5 --consumers 1" ;;
+    produce) echo "--max --in-flight 10000 --linger-ms 5 --consumers 0" ;;
+    rate) echo "--rate $rate --tick-us $tick_us --linger-ms 0 --consumers 1" ;;
   esac
 }
 
@@ -218,6 +220,13 @@ run_one() {
 for system in $systems; do
   log "$system: max"
   run_one "$system" max "$system-max"
+done
+# The Kafka-protocol brokers' throughput with the producer alone on the client: with a consumer,
+# a broker whose consumer falls behind leaves its producer the client CPU the consumer did not use.
+for system in $systems; do
+  case $system in
+    rill|tansu-sqlite|tansu-memory) log "$system: produce only"; run_one "$system" produce "$system-produce" ;;
+  esac
 done
 # The latency workload in rounds, the systems taking turns within each: a minute of a noisy
 # machine then lands on every system alike, and no single run decides a tail percentile.
@@ -254,7 +263,7 @@ if [ "$pairs" -gt 0 ] && [[ " $systems " == *" rill "* ]] && [[ " $systems " == 
     rill_port=$port; rill_pid=$pid
     if start_system tansu-sqlite "$out/ab-tansu"; then
       cmd=(taskset -c "$bench_cpu" "$bench" --brokers "127.0.0.1:$rill_port" --compare "127.0.0.1:$port" --pairs "$pairs"
-           --label rill --compare-label tansu-sqlite --max --in-flight 10000 --linger-ms 5 "${common[@]}"
+           --label rill --compare-label tansu-sqlite --max --in-flight 10000 --linger-ms 5 --consumers 1 "${common[@]}"
            --name compare-rill-tansu-sqlite)
       echo "${cmd[*]}" | sed "s#$root/##g" >>"$out/commands.txt"
       timeout 10m "${cmd[@]}" >"$out/compare.txt" 2>&1 || { echo "FAILED: compare" >&2; tail -5 "$out/compare.txt" >&2; }

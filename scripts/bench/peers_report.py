@@ -71,6 +71,12 @@ def limits_table(limits):
     )
 
 
+def acked(result):
+    """Records per second the run's producers had acknowledged in the measured window (None
+    without a run)."""
+    return result and result["produce"]["records_per_s"]
+
+
 def delivered(result):
     """Records per second the run's consumers read in the measured window (None without a run)."""
     if not result:
@@ -89,8 +95,12 @@ def lat(result, side, key):
 class Rounds:
     """The rate workload's rounds of one system: each percentile's median over them."""
 
-    def __init__(self, runs):
-        self.runs = [r for r in runs if r]
+    def __init__(self, runs, paths=None):
+        kept = [(r, p) for r, p in zip(runs, paths or [None] * len(runs)) if r]
+        self.runs = [r for r, _ in kept]
+        # Each kept run's JSON path, so files saved beside it (its /metrics) are found even when
+        # an earlier round left no result.
+        self.paths = [p for _, p in kept]
 
     def __bool__(self):
         return bool(self.runs)
@@ -130,8 +140,8 @@ def storage_table(out, systems, rounds):
         if not s.startswith("rill") or s == "rill-memory":
             continue
         cells = []
-        for i, run in enumerate(rounds[s].runs):
-            slowest = storage_max_us(f"{out}/{s}-rate-r{i + 1}.metrics")
+        for run, path in zip(rounds[s].runs, rounds[s].paths):
+            slowest = storage_max_us(path[: -len(".json")] + ".metrics") if path else None
             p999 = lat(run, "e2e", "p999_us")
             if slowest is None or p999 is None:
                 cells.append("-")
@@ -155,7 +165,7 @@ def rate_rounds(out, system):
     paths = sorted(glob.glob(f"{out}/{system}-rate-r*.json"), key=lambda p: int(p.rsplit("-r", 1)[1][:-5]))
     if not paths and os.path.exists(f"{out}/{system}-rate.json"):
         paths = [f"{out}/{system}-rate.json"]  # a sitting from before rounds existed
-    return Rounds([load(p) for p in paths])
+    return Rounds([load(p) for p in paths], paths)
 
 
 def targets(results, rounds, systems, rate):
@@ -169,14 +179,12 @@ def targets(results, rounds, systems, rate):
     def tput(s):
         return delivered(results.get((s, "max")))
 
-    def acked(s):
-        r = results.get((s, "max"))
-        return r and r["produce"]["records_per_s"]
+    def acked_max(s):
+        return acked(results.get((s, "max")))
 
     # The same broker with the producer alone on the client (no consumer to starve or to feed).
     def alone(s):
-        r = results.get((s, "produce"))
-        return r and r["produce"]["records_per_s"]
+        return acked(results.get((s, "produce")))
 
     def at_least(factor, peer):
         """Met when Rill is ahead both by delivered records (with a consumer) and with the
@@ -197,7 +205,7 @@ def targets(results, rounds, systems, rate):
         ok = at_least(5, "tansu-sqlite")
         lines.append(f"- Rill (fsync) throughput at least 5x tansu sqlite's: {ratio(rill, sqlite)}x by records delivered "
                      f"to the consumer, {ratio(alone('rill'), alone('tansu-sqlite'))}x with the producer alone, "
-                     f"{verdict(ok)} (acknowledged with a consumer: {ratio(acked('rill'), acked('tansu-sqlite'))}x).")
+                     f"{verdict(ok)} (acknowledged with a consumer: {ratio(acked_max('rill'), acked_max('tansu-sqlite'))}x).")
         rp, sp = rounds["rill"].lat("produce", "p99_us"), rounds["tansu-sqlite"].lat("produce", "p99_us")
         ok = None if not (rp and sp) else rp <= sp / 3
         lines.append(f"- Rill p99 produce latency at most 1/3 of tansu sqlite's (rate rounds, medians): ratio {ratio(rp, sp)}, {verdict(ok)}.")
@@ -205,7 +213,7 @@ def targets(results, rounds, systems, rate):
         ok = at_least(1, "tansu-memory")
         lines.append(f"- Rill (fsync) throughput at least tansu in-memory's: {ratio(rill, memory)}x by records delivered "
                      f"to the consumer, {ratio(alone('rill'), alone('tansu-memory'))}x with the producer alone, "
-                     f"{verdict(ok)} (acknowledged with a consumer: {ratio(acked('rill'), acked('tansu-memory'))}x).")
+                     f"{verdict(ok)} (acknowledged with a consumer: {ratio(acked_max('rill'), acked_max('tansu-memory'))}x).")
     # Each peer against the Rill configuration that matches it: a client of the peer's kind
     # (librdkafka for tansu; rill-bench's own small clients, kafka-wire for Rill, for Redis and
     # NATS) and the same durability class (an fsync before each acknowledgement for
@@ -308,8 +316,8 @@ def report(args):
         if achieved is not None and achieved < SATURATED_SHARE * float(args.rate):
             saturated.append(s)
             mark = " **(saturated)**"
-        w.append(f"| {s} | {durability.get(s, '?')} | {fmt(m and m['produce']['records_per_s'])} "
-                 f"| {fmt(m and m['produce']['mb_per_s'], 1)} | {fmt(delivered(m))} | {fmt(p and p['produce']['records_per_s'])} | {pa} | {ee} | {each} | {fmt(achieved)}{mark} |")
+        w.append(f"| {s} | {durability.get(s, '?')} | {fmt(acked(m))} "
+                 f"| {fmt(m and m['produce']['mb_per_s'], 1)} | {fmt(delivered(m))} | {fmt(acked(p))} | {pa} | {ee} | {each} | {fmt(achieved)}{mark} |")
     w.append("")
     if saturated:
         w.append(f"Saturated: {', '.join(saturated)} acknowledged less than {SATURATED_SHARE:.0%} of the offered "
@@ -344,7 +352,7 @@ def report(args):
             if s.startswith("rill"):
                 continue
             pm, pr = results[(s, "max")], rounds[s]
-            cells = [ratio(rm and rm["produce"]["records_per_s"], pm and pm["produce"]["records_per_s"]),
+            cells = [ratio(acked(rm), acked(pm)),
                      ratio(delivered(rm), delivered(pm))]
             cells += [ratio(rr.lat("produce", k), pr.lat("produce", k)) for k in ("p50_us", "p99_us", "p999_us")]
             cells += [ratio(rr.lat("e2e", k), pr.lat("e2e", k)) for k in ("p50_us", "p99_us", "p999_us")]

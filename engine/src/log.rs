@@ -7,9 +7,12 @@
 //! `append` takes the stage lock (FIFO), rolls or preallocates if needed, then synchronously
 //! assigns offsets, patches the batch, copies the frame into the active segment's chunks and the
 //! batch cache, and releases the lock. What it waits for next depends on [`Durability`]: with
-//! `Fsync` it waits until an fdatasync covers its bytes. Flushes run one at a time under the
-//! flush lock; each one writes *everything* staged so far and then syncs once, so every append
-//! queued behind a running flush is covered by the next single fdatasync.
+//! `Fsync` it waits until an fdatasync covers its bytes. Flushes write one at a time under the
+//! flush lock; each one writes *everything* staged so far, so every append queued behind a
+//! running flush is covered by the next single write and fdatasync. A group commit fdatasyncs
+//! after releasing the lock ([`PendingSync`]): the next group's write goes to the disk while the
+//! device flushes this one, and group commits publish their durable end in the order they were
+//! written, each only if no fdatasync before it failed.
 //!
 //! An fdatasync or write error fails the log for good (fsyncgate): no later append is ever
 //! acknowledged. ENOSPC while reserving space is an ordinary, retryable error.
@@ -237,6 +240,23 @@ impl LogStats {
     }
 }
 
+/// A group commit between its writes and its publication: written under the flush lock,
+/// fdatasynced after releasing it ([`PartitionLog::finish_sync`]).
+struct PendingSync<F> {
+    /// Issue order; group commits publish in it.
+    ticket: u64,
+    /// The active segment's file when it was written.
+    file: Rc<F>,
+    /// That segment's base offset.
+    base: i64,
+    /// The durable end once its fdatasync returns (the log end when it was written).
+    target: i64,
+    /// The start of the next epoch: the unsynced window once this one is durable.
+    next_window: u64,
+    /// `suffix_truncations` when it was written.
+    truncations: u64,
+}
+
 /// Fails the log if dropped armed: a flush whose future is dropped between taking the staged
 /// bytes and seeing their writes complete cannot know what reached the disk, and nothing would
 /// write those bytes again (a later flush would count them written).
@@ -278,11 +298,11 @@ struct LogState<F: StorageFile> {
     last_term: u64,
     write_epoch: u64,
     /// Start of the active segment's oldest epoch not yet known durable: the current epoch's
-    /// start, except while [`PartitionLog::sync_behind_appends`] fdatasyncs the previous epoch.
+    /// start, except while group commits ([`PendingSync`]) fdatasync older epochs.
     /// Frames carry it (as their header's `epoch_start`), so recovery knows which damage a power
     /// cut can explain (recovery.rs).
     window_start: u64,
-    /// `truncate_suffix` calls so far: a `sync_behind_appends` that saw one happen during its
+    /// `truncate_suffix` calls so far: a group commit that saw one happen during its
     /// fdatasync does not record what it synced (those offsets may now hold other batches).
     suffix_truncations: u64,
     failed: Option<String>,
@@ -394,6 +414,16 @@ pub struct PartitionLog<S: Storage> {
     streaming: Cell<bool>,
     /// A [`sync_behind_appends`](Self::sync_behind_appends) is running.
     syncing_behind: Cell<bool>,
+    /// Group commits whose fdatasync runs outside the flush lock ([`PendingSync`]): how many
+    /// were issued, and how many published their durable end (in issue order).
+    syncs_issued: Cell<u64>,
+    syncs_published: Cell<u64>,
+    /// The durable end the issued group commits reach once published: an `Fsync` appender
+    /// below it waits for them instead of flushing again.
+    sync_target: Cell<i64>,
+    /// Tasks waiting for an issued group commit to publish (appenders it covers, and later
+    /// group commits waiting for their turn), woken on every publication and on failure.
+    sync_waiters: WakeList<i64>,
     /// Appends staged before the last flush started (the next one writes those since).
     appends_flushed: Cell<u64>,
     /// The active segment (base offset) and its size when `zero_ahead` last ran: how fast
@@ -466,6 +496,10 @@ impl<S: Storage> PartitionLog<S> {
             flush_waiters: WakeList::default(),
             streaming: Cell::new(false),
             syncing_behind: Cell::new(false),
+            syncs_issued: Cell::new(0),
+            syncs_published: Cell::new(0),
+            sync_target: Cell::new(0),
+            sync_waiters: WakeList::default(),
             appends_flushed: Cell::new(0),
             zero_mark: Cell::new((-1, 0)),
             reserve_pace: Cell::new((i64::MIN, 0)),
@@ -730,6 +764,7 @@ impl<S: Storage> PartitionLog<S> {
             tracing::error!(dir = %self.dir.display(), %reason, "log failed; no further appends will be acknowledged");
             st.failed = Some(reason.clone());
         }
+        self.sync_waiters.wake_all(None);
         LogError::Failed {
             dir: self.dir.clone(),
             reason: st.failed.clone().expect("just set"),
@@ -977,6 +1012,10 @@ impl<S: Storage> PartitionLog<S> {
     /// flush lock, and the others queue for that lock in arrival order, so appenders that were
     /// served go on (stage their next batch) before the next flush starts and it takes more.
     ///
+    /// A syncing flush holds the lock only for its writes: it fdatasyncs after releasing it
+    /// ([`PendingSync`]), so the next group's writes reach the disk while the device flushes
+    /// this one's, and an appender whose bytes an issued fdatasync covers waits for that one.
+    ///
     /// Streams of large batches (the last flush's batches averaged at least
     /// `streaming_batch_bytes`) are the exception for `Write` appenders: they park on
     /// `flush_waiters` instead, and at the end of the flush those whose bytes are still
@@ -994,6 +1033,10 @@ impl<S: Storage> PartitionLog<S> {
                     .push(FlushEvent::Return { offset });
                 return Ok(());
             }
+            if sync && self.sync_target.get() >= offset {
+                self.sync_waiters.wait(offset).await;
+                continue;
+            }
             if !sync && self.streaming.get() && self.flush_lock.is_locked() {
                 self.flush_waiters.wait(offset).await;
                 if self.streaming.get() && self.reached(offset, false) {
@@ -1003,7 +1046,11 @@ impl<S: Storage> PartitionLog<S> {
             }
             let flush = self.lock_flush().await;
             self.check_usable()?;
-            let flushed = !self.reached(offset, sync);
+            // The flush this appender queued behind may have written its bytes and be
+            // fdatasyncing them now.
+            let covered = sync && self.sync_target.get() >= offset;
+            let flushed = !self.reached(offset, sync) && !covered;
+            let mut pending = None;
             if flushed {
                 #[cfg(test)]
                 self.flush_trace.borrow_mut().push(FlushEvent::Start);
@@ -1012,13 +1059,20 @@ impl<S: Storage> PartitionLog<S> {
                     (st.stats.bytes_written, st.stats.appends)
                 };
                 let batches = appends - self.appends_flushed.replace(appends);
-                self.flush_once(sync).await?;
+                if sync {
+                    pending = Some(self.write_closing_epoch().await?);
+                } else {
+                    self.flush_once(false).await?;
+                }
                 let wrote = self.state.borrow().stats.bytes_written - bytes_before;
                 let streaming_bytes = self.config().streaming_batch_bytes * batches.max(1);
                 self.streaming.set(!sync && wrote >= streaming_bytes);
             }
             // An appender served while it queued for the lock hands over like the flusher.
             let handed_over = flush.release();
+            if let Some(pending) = pending {
+                self.finish_sync(pending).await?;
+            }
             #[cfg(test)]
             if flushed {
                 self.flush_trace.borrow_mut().push(FlushEvent::End {
@@ -1055,9 +1109,10 @@ impl<S: Storage> PartitionLog<S> {
         }
     }
 
-    /// Writes everything staged now and, when `sync`, fdatasyncs. Runs under the flush lock.
-    /// Segments that were rolled away are finalized first (written, synced, truncated), so a
-    /// crash never leaves a torn sealed segment before valid data.
+    /// Writes everything staged now and, when `sync`, fdatasyncs before returning (the lock's
+    /// holders that need the files settled: `close`, `truncate_suffix`). Runs under the flush
+    /// lock. Segments that were rolled away are finalized first (written, synced, truncated),
+    /// so a crash never leaves a torn sealed segment before valid data.
     async fn flush_once(&self, sync: bool) -> Result<(), LogError> {
         self.state.borrow_mut().stats.flushes += 1;
         self.seal_rolled_segments().await?;
@@ -1072,7 +1127,9 @@ impl<S: Storage> PartitionLog<S> {
             if sync {
                 st.write_epoch += 1;
                 // Nothing else writes while this flush holds the lock through its fdatasync,
-                // so the new epoch's frames reach the file only once the older ones are durable.
+                // which covers every earlier write (a group commit still fdatasyncing outside
+                // the lock included), so the new epoch's frames reach the file only once the
+                // older ones are durable.
                 st.window_start = st.active().size;
             }
             (
@@ -1250,12 +1307,10 @@ impl<S: Storage> PartitionLog<S> {
 
     /// Makes everything appended so far durable without holding appends up for the fdatasync:
     /// the periodic sync of `Write` and `Memory` durability (Kafka's `log.flush.interval.ms`,
-    /// Redis's background fsync). Under the flush lock it writes what is staged and starts a new
-    /// epoch, as a syncing flush does; then it releases the lock and fdatasyncs, so appends go
-    /// on writing meanwhile. Their frames carry the start of the epoch being synced as their
-    /// unsynced window, so a power cut during the fdatasync leaves damage that recovery reads as
-    /// the torn tail it is (recovery.rs), never as interior damage. Returns at once when one is
-    /// already running. A failed fdatasync fails the log, as on every path.
+    /// Redis's background fsync). A group commit like an `Fsync` appender's ([`PendingSync`]):
+    /// it writes under the flush lock, then fdatasyncs with the lock released, so appends go on
+    /// writing meanwhile. Returns at once when one is already running. A failed fdatasync fails
+    /// the log, as on every path.
     pub async fn sync_behind_appends(&self) -> Result<(), LogError> {
         if self.syncing_behind.replace(true) {
             return Ok(());
@@ -1267,38 +1322,95 @@ impl<S: Storage> PartitionLog<S> {
             }
         }
         let _running = Running(&self.syncing_behind);
-        let (file, base, target, next_window, truncations) = {
+        let pending = {
             let _flush = self.lock_flush().await;
             self.check_usable()?;
-            self.state.borrow_mut().stats.flushes += 1;
-            self.seal_rolled_segments().await?;
-            let (base, target, next_window) = {
-                let mut st = self.state.borrow_mut();
-                // As in `flush_once`: no await between closing the epoch and taking its bytes.
-                // The window stays at the older epoch until its fdatasync returns.
-                st.write_epoch += 1;
-                (*st.segments.keys().next_back().expect("active"), st.next_offset, st.active().size)
-            };
-            self.write_segment(base, false).await?;
-            let mut st = self.state.borrow_mut();
-            st.written_offset = st.written_offset.max(target);
-            (st.active().file.clone(), base, target, next_window, st.suffix_truncations)
+            self.write_closing_epoch().await?
         };
-        let started = std::time::Instant::now();
-        if let Err(e) = file.fdatasync().await {
-            return Err(self.fail(format!("fdatasync {}: {e}", file.path().display())));
-        }
+        self.finish_sync(pending).await
+    }
+
+    /// The first half of a group commit, under the flush lock: closes the write epoch and
+    /// writes everything staged so far (segments rolled away from are sealed first).
+    ///
+    /// Frames staged from now on belong to the next epoch. This runs with no await between
+    /// closing the epoch and `write_segment` taking the staged bytes, so the writes carry
+    /// exactly the frames of the epoch they close. The unsynced window (`window_start`) stays
+    /// at the oldest epoch not yet published durable, so frames staged while this epoch's
+    /// fdatasync runs say that a power cut may find damage anywhere from there on, which
+    /// recovery reads as the torn tail it is (recovery.rs).
+    async fn write_closing_epoch(&self) -> Result<PendingSync<S::File>, LogError> {
+        self.state.borrow_mut().stats.flushes += 1;
+        self.seal_rolled_segments().await?;
+        // Taken now: appends may roll to a new segment while the writes are in flight.
+        let (base, file, target, next_window) = {
+            let mut st = self.state.borrow_mut();
+            st.write_epoch += 1;
+            let base = *st.segments.keys().next_back().expect("active");
+            (
+                base,
+                st.active().file.clone(),
+                st.next_offset,
+                st.active().size,
+            )
+        };
+        self.write_segment(base, false).await?;
         let mut st = self.state.borrow_mut();
-        st.stats.fdatasync_latency.record(started.elapsed());
-        if st.suffix_truncations != truncations {
-            return Ok(());
+        st.written_offset = st.written_offset.max(target);
+        let ticket = self.syncs_issued.get();
+        self.syncs_issued.set(ticket + 1);
+        self.sync_target.set(self.sync_target.get().max(target));
+        Ok(PendingSync {
+            ticket,
+            file,
+            base,
+            target,
+            next_window,
+            truncations: st.suffix_truncations,
+        })
+    }
+
+    /// The second half of a group commit, outside the flush lock: fdatasyncs, then publishes
+    /// the durable end after every group commit issued before this one did (an fdatasync may
+    /// return before an older one, whose failure must still stop this acknowledgement).
+    async fn finish_sync(&self, pending: PendingSync<S::File>) -> Result<(), LogError> {
+        let cancelled = FailIfCancelled::new(
+            self,
+            "a group commit was cancelled with its fdatasync in flight (later ones wait for it)",
+        );
+        let started = std::time::Instant::now();
+        if let Err(e) = pending.file.fdatasync().await {
+            cancelled.disarm();
+            return Err(self.fail(format!("fdatasync {}: {e}", pending.file.path().display())));
         }
-        st.durable_offset = st.durable_offset.max(target);
-        let active_base = *st.segments.keys().next_back().expect("active");
-        if active_base == base {
-            st.window_start = st.window_start.max(next_window);
+        self.state
+            .borrow_mut()
+            .stats
+            .fdatasync_latency
+            .record(started.elapsed());
+        while self.syncs_published.get() != pending.ticket {
+            if let Err(e) = self.check_usable() {
+                cancelled.disarm();
+                return Err(e);
+            }
+            self.sync_waiters.wait(pending.target).await;
         }
-        Ok(())
+        cancelled.disarm();
+        let result = self.check_usable();
+        if result.is_ok() {
+            let mut st = self.state.borrow_mut();
+            // A `truncate_suffix` meanwhile may have put other batches at these offsets.
+            if st.suffix_truncations == pending.truncations {
+                st.durable_offset = st.durable_offset.max(pending.target);
+                let active_base = *st.segments.keys().next_back().expect("active");
+                if active_base == pending.base {
+                    st.window_start = st.window_start.max(pending.next_window);
+                }
+            }
+        }
+        self.syncs_published.set(pending.ticket + 1);
+        self.sync_waiters.wake_all(None);
+        result
     }
 
     /// With `Durability::Memory`: more than half of `staged_bytes_max` is staged and no flush
@@ -1711,6 +1823,10 @@ impl<S: Storage> PartitionLog<S> {
             st.durable_offset = offset;
             st.suffix_truncations += 1;
         }
+        // Group commits still fdatasyncing publish nothing now; appenders that waited for
+        // them flush again.
+        self.sync_target.set(self.sync_target.get().min(offset));
+        self.sync_waiters.wake_all(None);
         self.cache.borrow_mut().remove_from(self.cache_id, offset);
         self.attach_writer().await?;
         let last_term = match self.log_start_offset() < offset {
@@ -1918,6 +2034,11 @@ impl<S: Storage> PartitionLog<S> {
             return result;
         }
         self.flush_once(true).await?;
+        // Group commits still fdatasyncing use the files; their appenders get their answer.
+        while self.syncs_published.get() < self.syncs_issued.get() && self.check_usable().is_ok() {
+            self.sync_waiters.wait(0).await;
+        }
+        self.check_usable()?;
         let active = *self
             .state
             .borrow()

@@ -639,6 +639,69 @@ fn a_tear_under_a_sync_behind_the_appends_is_a_torn_tail() {
     assert_eq!(block_on(read_all(&log)).len(), 2, "cut at the tear");
 }
 
+/// An `Fsync` group commit fdatasyncs outside the flush lock: the next group's write goes out
+/// while the last one's fdatasync runs, its frames carry the window of the epoch being synced,
+/// and no appender is acknowledged before an fdatasync covering it returned.
+#[test]
+fn the_next_group_commit_writes_while_the_last_one_fdatasyncs() {
+    use futures::executor::LocalPool;
+    use futures::task::LocalSpawnExt;
+    let store = MemStorage::reliable();
+    let clock = ManualClock::new(T0);
+    let mut pool = LocalPool::new();
+    let log = Rc::new(
+        pool.run_until(open_mem(&store, small_config(), &clock))
+            .unwrap(),
+    );
+    store.hold_fdatasyncs(true);
+    // Runs the tasks (the held fdatasync yielding among them) until `done`.
+    let step_until = |pool: &mut LocalPool, what: &str, done: &dyn Fn() -> bool| {
+        pool.run_until(async {
+            for _ in 0..10_000 {
+                if done() {
+                    return;
+                }
+                futures_lite::future::yield_now().await;
+            }
+            panic!("never reached: {what}");
+        });
+    };
+    let spawn_append = |pool: &LocalPool| {
+        let log = log.clone();
+        pool.spawner()
+            .spawn_local_with_handle(async move {
+                log.append(batch(1, 3000, T0), 1, Durability::Fsync).await
+            })
+            .unwrap()
+    };
+    let first = spawn_append(&pool);
+    step_until(&mut pool, "the first group commit's fdatasync", &|| {
+        log.syncs_issued.get() == 1
+    });
+    let second = spawn_append(&pool);
+    step_until(
+        &mut pool,
+        "the second group commit's write, with the first fdatasync held",
+        &|| log.syncs_issued.get() == 2,
+    );
+    assert_eq!(log.written_end_offset(), 2, "both groups written");
+    assert_eq!(log.durable_end_offset(), 0, "nothing durable yet");
+    assert_eq!(log.syncs_published.get(), 0);
+    store.hold_fdatasyncs(false);
+    let (first, second) = pool.run_until(async { (first.await, second.await) });
+    assert_eq!(first.unwrap().base_offset, 0);
+    assert_eq!(second.unwrap().base_offset, 1);
+    assert_eq!(log.durable_end_offset(), 2);
+    assert_eq!(store.stats().fsyncs, 2, "one fdatasync per group commit");
+    let headers: Vec<crate::envelope::EnvelopeHeader> =
+        block_on(read_all(&log)).iter().map(|b| b.header).collect();
+    assert_eq!(
+        (headers[1].write_epoch, headers[1].epoch_start),
+        (headers[0].write_epoch + 1, headers[0].epoch_start),
+        "staged during the first fdatasync: the next epoch, the window of the one being synced"
+    );
+}
+
 #[test]
 fn interior_bit_flip_fences_the_log() {
     let store = MemStorage::reliable();

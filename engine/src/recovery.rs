@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | nothing, or only zero bytes (preallocated space) | `Clean` | an orderly end |
 //! | non-zero bytes, and no valid frame anywhere after them | `TornTail`: truncate | a write in flight when the power went; it was never acknowledged, since acknowledgement follows fdatasync and nothing was written after it |
-//! | damage, then valid frames, each staged while the damage lay in the unsynced window (its `epoch_start` at or before the damage: its own write epoch's start, or the start of the epoch a sync behind the appends was still fdatasyncing), no earlier epoch after the damage, and a hole: an all-zero sector inside the damaged range, or zeros from the damage to the end of its sector | `TornTail`: truncate (with a warning naming what was dropped) | the pages of the epochs not yet synced land in any order on a power cut; a hole (zero sector) inside them followed by frames staged while they were unsynced is the signature of a commit whose fdatasync never returned, so nothing in it was acknowledged as durable |
+//! | damage, then valid frames, each staged while the damage lay in the unsynced window (its `epoch_start` at or before the damage: its own write epoch's start, or the start of the oldest epoch a group commit was still fdatasyncing), no earlier epoch after the damage, and a hole: an all-zero sector inside the damaged range, or zeros from the damage to the end of its sector | `TornTail`: truncate (with a warning naming what was dropped) | the pages of the epochs not yet synced land in any order on a power cut; a hole (zero sector) inside them followed by frames staged while they were unsynced is the signature of a commit whose fdatasync never returned, so nothing in it was acknowledged as durable |
 //! | damage, then any other valid frame | `InteriorDamage`: refuse to open, fence the log | acknowledged data may be damaged; truncating would silently lose it |
 //!
 //! The third row is a deliberate, narrow departure from "truncate only when nothing valid
@@ -189,8 +189,8 @@ async fn classify_tail<F: StorageFile>(
     let epoch = first_later.header.write_epoch;
     let earlier_max = frames.iter().map(|f| f.header.write_epoch).max();
     // Each later frame's `epoch_start` is where the unsynced window began when it was staged:
-    // its own epoch's start, or (while a sync ran behind the appends) the start of the epoch
-    // being synced. Damage at or after it is what a power cut leaves in flight.
+    // its own epoch's start, or (while a group commit's fdatasync ran outside the flush lock)
+    // the start of the oldest epoch being synced. Damage at or after it is what a power cut leaves in flight.
     let in_window = later
         .iter()
         .all(|f| f.header.write_epoch >= epoch && f.header.epoch_start <= damage_at);

@@ -1,7 +1,8 @@
 //! An in-memory storage that knows what is durable, for deterministic fault tests.
 //!
 //! Every file keeps two images: `current` (what reads see) and `durable` (what survives a
-//! crash). `fdatasync` copies current to durable. [`MemStorage::crash`] models a power cut: each
+//! crash). `fdatasync` makes durable the writes issued before it (not those that land while it
+//! runs, as on a real disk). [`MemStorage::crash`] models a power cut: each
 //! file falls back to its durable image plus a seeded prefix of the writes issued since, the last
 //! of which may be torn at a 512-byte sector boundary. Files created since their directory was
 //! last synced vanish.
@@ -31,11 +32,13 @@ pub struct FaultConfig {
     pub write_eio_ppm: u32,
     /// Chance that a write lands only partly (a prefix of sectors) and then fails with EIO.
     pub write_torn_ppm: u32,
-    /// Chance that an fdatasync fails with EIO (nothing new becomes durable).
+    /// Chance that an fdatasync fails with EIO. The writes it covered are then lost (the
+    /// kernel drops the pages of a failed writeback; a failed device flush may lose its cache),
+    /// so no later fdatasync makes them durable.
     pub fsync_eio_ppm: u32,
-    /// Chance that a write, fdatasync or preallocation first yields to the executor once, so
-    /// concurrent tasks interleave with I/O as they would on a real disk (deterministic under a
-    /// FIFO executor).
+    /// Chance that a write, fdatasync or preallocation first yields to the executor, one to
+    /// three times, so concurrent tasks interleave with I/O as they would on a real disk and
+    /// operations complete out of issue order (deterministic under a FIFO executor).
     pub yield_ppm: u32,
     /// Total bytes the store may hold across files; writes and preallocations beyond it fail
     /// with ENOSPC. `None` means unlimited.
@@ -61,6 +64,9 @@ struct FileData {
     durable: Vec<u8>,
     /// Writes and size changes since the last successful fdatasync, in issue order.
     unsynced: Vec<PendingOp>,
+    /// Operations taken off the front of `unsynced` so far (made durable or lost): an
+    /// fdatasync covers the ones issued before it, counted from here.
+    synced_ops: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +102,8 @@ struct MemFs {
     config: FaultConfig,
     rng: ChaCha8Rng,
     stats: MemStats,
+    /// While set, every fdatasync waits after it was issued ([`MemStorage::hold_fdatasyncs`]).
+    fdatasyncs_held: bool,
 }
 
 impl MemFs {
@@ -141,6 +149,7 @@ impl MemStorage {
             config,
             rng,
             stats: MemStats::default(),
+            fdatasyncs_held: false,
         };
         MemStorage {
             fs: Rc::new(RefCell::new(fs)),
@@ -150,6 +159,13 @@ impl MemStorage {
     /// A store without faults.
     pub fn reliable() -> Self {
         Self::new(FaultConfig::default())
+    }
+
+    /// While `held`, every fdatasync, once issued, waits (yielding to the executor) until it is
+    /// released: a test can keep a group commit's fdatasync in flight and see what the log does
+    /// meanwhile.
+    pub fn hold_fdatasyncs(&self, held: bool) {
+        self.fs.borrow_mut().fdatasyncs_held = held;
     }
 
     /// Replaces the fault configuration (keeps the RNG stream).
@@ -177,6 +193,7 @@ impl MemStorage {
                 let mut f = file.borrow_mut();
                 let mut image = f.durable.clone();
                 let ops = std::mem::take(&mut f.unsynced);
+                f.synced_ops += ops.len();
                 let keep = fs.rng.gen_range(0..=ops.len());
                 for (i, op) in ops.iter().take(keep).enumerate() {
                     let torn = i + 1 == keep && fs.rng.gen_bool(0.5);
@@ -206,6 +223,7 @@ impl MemStorage {
         let mut f = file.borrow_mut();
         edit(&mut f.current);
         f.durable = f.current.clone();
+        f.synced_ops += f.unsynced.len();
         f.unsynced.clear();
     }
 
@@ -325,12 +343,16 @@ impl Storage for MemStorage {
 
 impl MemFile {
     async fn maybe_yield(&self) {
-        let yield_now = {
+        let yields = {
             let mut fs = self.fs.borrow_mut();
             let ppm = fs.config.yield_ppm;
-            fs.roll(ppm)
+            if fs.roll(ppm) {
+                fs.rng.gen_range(1..=3)
+            } else {
+                0
+            }
         };
-        if yield_now {
+        for _ in 0..yields {
             futures_lite::future::yield_now().await;
         }
     }
@@ -397,16 +419,36 @@ impl StorageFile for MemFile {
     }
 
     async fn fdatasync(&self) -> io::Result<()> {
+        // It covers what was written before it was issued, not what lands while it runs.
+        let (issued_at, covered) = {
+            let data = self.data.borrow();
+            (data.synced_ops, data.unsynced.len())
+        };
+        while self.fs.borrow().fdatasyncs_held {
+            futures_lite::future::yield_now().await;
+        }
         self.maybe_yield().await;
         let mut fs = self.fs.borrow_mut();
         let ppm = fs.config.fsync_eio_ppm;
-        if fs.roll(ppm) {
+        let failed = fs.roll(ppm);
+        let mut data = self.data.borrow_mut();
+        // Another fdatasync that ran meanwhile may have taken some of them already.
+        let covered = covered.saturating_sub(data.synced_ops - issued_at);
+        let ops: Vec<PendingOp> = data.unsynced.drain(..covered).collect();
+        data.synced_ops += covered;
+        if failed {
             fs.stats.faults_injected += 1;
+            // Lost: what reads see falls back to the durable image plus the later writes.
+            let mut current = data.durable.clone();
+            for op in &data.unsynced {
+                FileData::apply(&mut current, op);
+            }
+            data.current = current;
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        let mut data = self.data.borrow_mut();
-        data.durable = data.current.clone();
-        data.unsynced.clear();
+        for op in &ops {
+            FileData::apply(&mut data.durable, op);
+        }
         fs.stats.fsyncs += 1;
         Ok(())
     }

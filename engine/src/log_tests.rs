@@ -639,9 +639,10 @@ fn a_tear_under_a_sync_behind_the_appends_is_a_torn_tail() {
     assert_eq!(block_on(read_all(&log)).len(), 2, "cut at the tear");
 }
 
-/// An `Fsync` group commit fdatasyncs outside the flush lock: the next group's write goes out
-/// while the last one's fdatasync runs, its frames carry the window of the epoch being synced,
-/// and no appender is acknowledged before an fdatasync covering it returned.
+/// An `Fsync` group commit of `pipelined_sync_bytes` or more fdatasyncs outside the flush lock:
+/// the next group's write goes out while the last one's fdatasync runs, its frames carry the
+/// window of the epoch being synced, and no appender is acknowledged before an fdatasync
+/// covering it returned.
 #[test]
 fn the_next_group_commit_writes_while_the_last_one_fdatasyncs() {
     use futures::executor::LocalPool;
@@ -649,10 +650,11 @@ fn the_next_group_commit_writes_while_the_last_one_fdatasyncs() {
     let store = MemStorage::reliable();
     let clock = ManualClock::new(T0);
     let mut pool = LocalPool::new();
-    let log = Rc::new(
-        pool.run_until(open_mem(&store, small_config(), &clock))
-            .unwrap(),
-    );
+    let config = LogConfig {
+        pipelined_sync_bytes: 0,
+        ..small_config()
+    };
+    let log = Rc::new(pool.run_until(open_mem(&store, config, &clock)).unwrap());
     store.hold_fdatasyncs(true);
     // Runs the tasks (the held fdatasync yielding among them) until `done`.
     let step_until = |pool: &mut LocalPool, what: &str, done: &dyn Fn() -> bool| {

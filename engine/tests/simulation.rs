@@ -26,8 +26,11 @@ use std::rc::Rc;
 
 const T0: i64 = 1_700_000_000_000;
 
-fn config() -> LogConfig {
+fn config(pipelined_sync_bytes: u64) -> LogConfig {
     LogConfig {
+        // Even seeds: every group commit fdatasyncs outside the flush lock; odd seeds: those of
+        // 8 KiB or more (batches here are 10 B to 9 KB, so both kinds interleave).
+        pipelined_sync_bytes,
         segment_bytes: 96 * 1024,
         chunk_bytes: 16 * 1024,
         preallocate_bytes: 32 * 1024,
@@ -72,11 +75,12 @@ struct RoundLog {
 async fn open(
     store: &MemStorage,
     clock: &ManualClock,
+    seed: u64,
 ) -> Result<PartitionLog<MemStorage>, LogError> {
     PartitionLog::open(
         store.clone(),
         "/data/t-0",
-        config(),
+        config(if seed % 2 == 0 { 0 } else { 8 * 1024 }),
         BatchCache::shared(256 * 1024),
         Rc::new(clock.clone()),
     )
@@ -138,7 +142,7 @@ fn run_seed(seed: u64, totals: &mut Totals) {
         // Recovery itself runs on the faulty store; a failed open is another crash, then retry.
         let mut attempts = 0;
         let log = loop {
-            match pool.run_until(open(&store, &clock)) {
+            match pool.run_until(open(&store, &clock, seed)) {
                 Ok(log) => break Rc::new(log),
                 Err(e) => {
                     assert!(
@@ -303,7 +307,7 @@ fn run_seed(seed: u64, totals: &mut Totals) {
         ..FaultConfig::default()
     });
     let log = pool
-        .run_until(open(&store, &clock))
+        .run_until(open(&store, &clock, seed))
         .unwrap_or_else(|error| panic!("seed {seed}: final reopen: {error}"));
     let found = read_back(&mut pool, &log, &mut totals.duplicated);
     for (base, batch_seed) in &acknowledged {

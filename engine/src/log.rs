@@ -80,7 +80,8 @@ pub struct LogConfig {
     pub streaming_batch_bytes: u64,
     /// An `Fsync` group commit that wrote at least this much fdatasyncs after releasing the
     /// flush lock, so the next group's write overlaps its fdatasync; a smaller one holds the
-    /// lock through it (see [`PartitionLog::flush_to`]). Default [`PIPELINED_SYNC_BYTES`].
+    /// lock through it (see [`PartitionLog::flush_to`]). Default [`PIPELINED_SYNC_BYTES`]
+    /// (never): for devices whose writes and flushes do not slow each other down.
     pub pipelined_sync_bytes: u64,
     /// How far ahead of the active segment's end [`PartitionLog::zero_ahead`] keeps the file
     /// written with zeros (a multiple of 4 KiB; 0: never). Default [`ZERO_AHEAD_BYTES`].
@@ -338,11 +339,12 @@ impl<F: StorageFile> LogState<F> {
 /// there halved the rate of 4 KiB appends).
 pub const STREAMING_BATCH_BYTES: u64 = 256 << 10;
 
-/// Default of [`LogConfig::pipelined_sync_bytes`]. Under a producer's full load a group commit
-/// writes ~150 KiB, and letting the next group's write overlap its fdatasync raised the closed
-/// loop's rate; at 50,000 records/s of 100 B a group is a few KiB, and the overlap (two device
-/// operations at once, smaller groups) raised p50 and p99 by ~15% (docs/BENCHMARKS.md, session 11).
-pub const PIPELINED_SYNC_BYTES: u64 = 64 << 10;
+/// Default of [`LogConfig::pipelined_sync_bytes`]: never (every `Fsync` group commit holds the
+/// flush lock through its fdatasync). On this machine's disk the overlap did not pay: 64
+/// concurrent 4 KiB appenders lost ~40% of their rate (groups split in two, twice the
+/// fdatasyncs), small groups at 50,000 records/s lost ~15% on p50 and p99, and a producer's
+/// closed loop gained ~4% at best, within the noise (docs/BENCHMARKS.md, session 11).
+pub const PIPELINED_SYNC_BYTES: u64 = u64::MAX;
 
 /// Largest reservation step of a fast stream. ext4 makes every fallocate wait until the file's
 /// direct I/O in flight completes, so each step idles the disk once: 32 MiB steps cost a 1 MiB

@@ -10,7 +10,8 @@
 #
 #   Workloads (1 producer, 1 consumer, 1 partition/stream, 100-byte records, acks=all):
 #     max   closed loop, 10,000 records in flight, librdkafka linger.ms=5: throughput
-#     produce  max with the producer alone (no consumer), for the Kafka-protocol brokers only
+#     produce  max with the producer alone (no consumer), for the Kafka-protocol brokers only;
+#           once per round, and the report takes each system's run of median throughput
 #     rate  open loop at 50,000 records/s, linger.ms=0: produce-ack and end-to-end latency
 #           (coordinated omission corrected); PEERS_ROUNDS rounds, the systems taking turns in
 #           each round, and the report gives each percentile's median over the rounds
@@ -221,23 +222,28 @@ for system in $systems; do
   log "$system: max"
   run_one "$system" max "$system-max"
 done
-# The Kafka-protocol brokers' throughput with the producer alone on the client: with a consumer,
-# a broker whose consumer falls behind leaves its producer the client CPU the consumer did not use.
-for system in $systems; do
-  case $system in
-    rill|tansu-sqlite|tansu-memory) log "$system: produce only"; run_one "$system" produce "$system-produce" ;;
-  esac
-done
 # The latency workload in rounds, the systems taking turns within each: a minute of a noisy
 # machine then lands on every system alike, and no single run decides a tail percentile.
+# Each round also runs the Kafka-protocol brokers' max workload with the producer alone on the
+# client (with a consumer, a broker whose consumer falls behind leaves its producer the client
+# CPU the consumer did not use), so that verdict rests on every round too: single runs of one
+# build move by ±15% on this machine (docs/BENCHMARKS.md, session 11).
 for round in $(seq 1 "$rounds"); do
   for system in $systems; do
     log "$system: rate, round $round of $rounds"
     run_one "$system" rate "$system-rate-r$round"
   done
+  for system in $systems; do
+    case $system in
+      rill|tansu-sqlite|tansu-memory)
+        log "$system: produce only, round $round of $rounds"
+        run_one "$system" produce "$system-produce-r$round" ;;
+    esac
+  done
 done
 # Each system's run of median end-to-end p99.9 stands for it in the plots ($system-rate.json);
-# the report takes every percentile's median over all rounds.
+# the report takes every percentile's median over all rounds. Its producer-alone run of median
+# throughput stands for it in the report ($system-produce.json).
 for system in $systems; do
   python3 - "$out" "$system" <<'PY'
 import glob, json, shutil, sys
@@ -253,6 +259,18 @@ for path in sorted(glob.glob(f"{out}/{system}-rate-r*.json")):
 if runs:
     runs.sort()
     shutil.copy(runs[(len(runs) - 1) // 2][1], f"{out}/{system}-rate.json")
+# The producer-alone run of median throughput stands for the system ($system-produce.json).
+runs = []
+for path in sorted(glob.glob(f"{out}/{system}-produce-r*.json")):
+    try:
+        produce = json.load(open(path)).get("produce")
+    except (OSError, ValueError):
+        continue
+    if produce:
+        runs.append((produce["records_per_s"], path))
+if runs:
+    runs.sort()
+    shutil.copy(runs[(len(runs) - 1) // 2][1], f"{out}/{system}-produce.json")
 PY
 done
 

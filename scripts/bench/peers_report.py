@@ -338,7 +338,7 @@ def report(args):
         w.append(f"Delivery errors or unread records: {'; '.join(errors)}.\n")
     w.append("max: records/s counts produce acknowledgements; delivered records/s, the records the consumer "
              "read, is what the workload sustained end to end (a consumer behind its producer leaves records "
-             "unread, listed above). Producer alone: the max workload with no consumer, Kafka-protocol brokers only.\n")
+             "unread, listed above). Producer alone: the max workload with no consumer, Kafka-protocol brokers only, once per round; each system's run of median throughput.\n")
     for base in ("rill", "rill-kw"):
         if base not in systems:
             continue

@@ -342,8 +342,8 @@ pub const STREAMING_BATCH_BYTES: u64 = 256 << 10;
 /// Default of [`LogConfig::pipelined_sync_bytes`]: never (every `Fsync` group commit holds the
 /// flush lock through its fdatasync). On this machine's disk the overlap did not pay: 64
 /// concurrent 4 KiB appenders lost ~40% of their rate (groups split in two, twice the
-/// fdatasyncs), small groups at 50,000 records/s lost ~15% on p50 and p99, and a producer's
-/// closed loop gained ~4% at best, within the noise (docs/BENCHMARKS.md, session 11).
+/// fdatasyncs), small groups at 50,000 records/s lost 16–22% on p50 and 6–28% on p99, and a
+/// producer's closed loop gained ~4% at best, within the noise (docs/BENCHMARKS.md, session 11).
 pub const PIPELINED_SYNC_BYTES: u64 = u64::MAX;
 
 /// Largest reservation step of a fast stream. ext4 makes every fallocate wait until the file's

@@ -248,29 +248,23 @@ for system in $systems; do
   python3 - "$out" "$system" <<'PY'
 import glob, json, shutil, sys
 out, system = sys.argv[1:]
-runs = []
-for path in sorted(glob.glob(f"{out}/{system}-rate-r*.json")):
-    try:
-        e2e = json.load(open(path)).get("end_to_end")
-    except (OSError, ValueError):
-        continue
-    if e2e:
-        runs.append((e2e["latency"]["p999_us"], path))
-if runs:
-    runs.sort()
-    shutil.copy(runs[(len(runs) - 1) // 2][1], f"{out}/{system}-rate.json")
-# The producer-alone run of median throughput stands for the system ($system-produce.json).
-runs = []
-for path in sorted(glob.glob(f"{out}/{system}-produce-r*.json")):
-    try:
-        produce = json.load(open(path)).get("produce")
-    except (OSError, ValueError):
-        continue
-    if produce:
-        runs.append((produce["records_per_s"], path))
-if runs:
-    runs.sort()
-    shutil.copy(runs[(len(runs) - 1) // 2][1], f"{out}/{system}-produce.json")
+
+def keep_median(workload, measure):
+    """Copies the run of median `measure` among $system-$workload-r*.json to $system-$workload.json."""
+    runs = []
+    for path in sorted(glob.glob(f"{out}/{system}-{workload}-r*.json")):
+        try:
+            value = measure(json.load(open(path)))
+        except (OSError, ValueError):
+            continue
+        if value is not None:
+            runs.append((value, path))
+    if runs:
+        runs.sort()
+        shutil.copy(runs[(len(runs) - 1) // 2][1], f"{out}/{system}-{workload}.json")
+
+keep_median("rate", lambda r: r["end_to_end"]["latency"]["p999_us"] if r.get("end_to_end") else None)
+keep_median("produce", lambda r: r["produce"]["records_per_s"] if r.get("produce") else None)
 PY
 done
 

@@ -111,6 +111,11 @@ pub struct BenchArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Leave glibc malloc's trim threshold at its default. By default the harness raises it, so
+    /// the client keeps the memory it frees instead of faulting it in again per produce request
+    /// (crate::alloc); the result's `client` field says which was used.
+    #[arg(long)]
+    pub malloc_defaults: bool,
     /// Instead of running: draw one plot of the latency of these JSON results (written by earlier
     /// runs) into `<out>/<name>.png`; `--plot-latency` picks produce or end-to-end latency.
     #[arg(long, value_name = "RESULT.json", num_args = 1.., conflicts_with = "pace")]
@@ -208,6 +213,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let workload = args.workload();
     workload.validate()?;
+    // Before any client thread starts.
+    if args.malloc_defaults {
+        crate::alloc::leave_defaults();
+    } else {
+        crate::alloc::keep_freed_memory(crate::alloc::TRIM_THRESHOLD_BYTES);
+    }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     match &args.compare {
         None => {

@@ -23,6 +23,7 @@
 //! librdkafka through the `rdkafka` crate ([`kafka`]), the neutral client for every
 //! Kafka-protocol broker.
 
+pub mod alloc;
 pub mod cli;
 pub mod client;
 pub mod compare;

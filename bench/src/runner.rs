@@ -182,7 +182,10 @@ fn run_with<C: LoadClient>(
         format: RESULT_FORMAT,
         label: options.label.clone(),
         brokers: brokers.into(),
-        client: client.describe(),
+        client: match crate::alloc::setting() {
+            Some(malloc) => format!("{} ({malloc})", client.describe()),
+            None => client.describe(),
+        },
         topic,
         started_unix_ms,
         host_cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),

@@ -299,6 +299,12 @@ def report(args):
              "wake-up of the generator hands over leaves in one write (for Kafka one batch, for Redis one pipelined "
              "XADD per record, for NATS one PUB per record), replies read by one thread per connection. Every system "
              "ran on the same 2 CPUs as the load generator.")
+    clients = sorted({r["client"] for r in results.values() if r and "client" in r})
+    w.append("The clients as the results record them: " + "; ".join(f"`{c}`" for c in clients) + ".")
+    if any("malloc trim threshold" in c for c in clients):
+        w[-1] += (" rill-bench raises glibc malloc's trim threshold in its own process unless given "
+                  "`--malloc-defaults` (bench/src/alloc.rs), for every system alike: freed produce-request "
+                  "memory then stays in the client instead of being faulted in again.")
     w.append("")
     w.append("### Machine limits (scripts/bench/limits.sh, same sitting)\n")
     w.append(limits_table(limits))

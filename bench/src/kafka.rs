@@ -179,6 +179,13 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+/// The wall clock, ms since the Unix epoch.
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// One librdkafka producer as a [`RecordSink`].
 pub struct KafkaSink {
     producer: ThreadedProducer<DeliveryContext>,
@@ -187,6 +194,9 @@ pub struct KafkaSink {
     producer_index: u32,
     run_id: u64,
     value: Vec<u8>,
+    /// Unix time in ms at the run clock's zero: each record's CreateTime is its intended send
+    /// time on that clock, so librdkafka does not read the wall clock per record.
+    clock_zero_unix_ms: i64,
 }
 
 impl KafkaSink {
@@ -217,7 +227,16 @@ impl KafkaSink {
             .create_with_context(context)
             .map_err(|e| BenchError::kafka("creating producer", e))?;
         let value = filler(workload.record_bytes, run_id ^ (u64::from(producer_index) << 32));
-        Ok(KafkaSink { producer, topic: topic.into(), partitions: workload.partitions, producer_index, run_id, value })
+        let clock_zero_unix_ms = unix_ms_now().saturating_sub(i64::try_from(clock.now_ns() / 1_000_000).unwrap_or(i64::MAX));
+        Ok(KafkaSink {
+            producer,
+            topic: topic.into(),
+            partitions: workload.partitions,
+            producer_index,
+            run_id,
+            value,
+            clock_zero_unix_ms,
+        })
     }
 }
 
@@ -230,14 +249,18 @@ impl RecordSink for KafkaSink {
         Header { run_id: self.run_id, intended_ns, producer: self.producer_index }.write(&mut self.value);
         let partition = partition_of(index, self.producer_index, self.partitions);
         let opaque = usize::try_from(intended_ns).expect("64-bit target");
-        let mut record =
-            BaseRecord::<(), [u8], usize>::with_opaque_to(&self.topic, opaque).partition(partition).payload(&self.value);
-        let started = Instant::now();
+        let create_time_ms = self.clock_zero_unix_ms.saturating_add(i64::try_from(intended_ns / 1_000_000).unwrap_or(i64::MAX));
+        let mut record = BaseRecord::<(), [u8], usize>::with_opaque_to(&self.topic, opaque)
+            .partition(partition)
+            .payload(&self.value)
+            .timestamp(create_time_ms);
+        // Read the clock only once the queue is full: the closed loop runs out of client CPU.
+        let mut started = None;
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    if started.elapsed() > QUEUE_FULL_WAIT_MAX {
+                    if started.get_or_insert_with(Instant::now).elapsed() > QUEUE_FULL_WAIT_MAX {
                         return Err(BenchError::kafka(
                             "sending (queue full for too long)",
                             KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),

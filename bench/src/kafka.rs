@@ -28,6 +28,7 @@ use crate::consumer::ConsumeStats;
 use crate::error::BenchError;
 use crate::payload::Header;
 use crate::producer::{AckStats, Clock, InFlight, MonotonicClock, RecordSink};
+use rill_engine::Clock as _;
 use crate::workload::Workload;
 
 /// Timeout of one metadata, watermark or admin request.
@@ -179,13 +180,6 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
-/// The wall clock, ms since the Unix epoch.
-fn unix_ms_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// One librdkafka producer as a [`RecordSink`].
 pub struct KafkaSink {
     producer: ThreadedProducer<DeliveryContext>,
@@ -227,7 +221,7 @@ impl KafkaSink {
             .create_with_context(context)
             .map_err(|e| BenchError::kafka("creating producer", e))?;
         let value = filler(workload.record_bytes, run_id ^ (u64::from(producer_index) << 32));
-        let clock_zero_unix_ms = unix_ms_now().saturating_sub(i64::try_from(clock.now_ns() / 1_000_000).unwrap_or(i64::MAX));
+        let clock_zero_unix_ms = rill_engine::SystemClock.now_ms().saturating_sub(i64::try_from(clock.now_ns() / 1_000_000).unwrap_or(i64::MAX));
         Ok(KafkaSink {
             producer,
             topic: topic.into(),

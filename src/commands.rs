@@ -27,7 +27,7 @@ pub enum TopicCommand {
         /// Partitions.
         #[arg(long, short = 'p', default_value_t = 1)]
         partitions: i32,
-        /// Topic config KEY=VALUE (retention.ms, retention.bytes, segment.bytes, max.message.bytes, cleanup.policy).
+        /// Topic config KEY=VALUE (retention.ms, retention.bytes, segment.bytes, max.message.bytes, cleanup.policy, preallocate).
         #[arg(long = "config", short = 'c')]
         configs: Vec<String>,
     },

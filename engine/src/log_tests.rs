@@ -501,6 +501,30 @@ fn fast_streams_reserve_in_growing_steps_slow_logs_in_the_base_step() {
 }
 
 #[test]
+fn a_step_of_a_whole_segment_reserves_each_segment_once_at_its_start() {
+    block_on(async {
+        // The broker's `preallocate=true`: the step is the segment size.
+        let config = LogConfig {
+            segment_bytes: 256 * 1024,
+            preallocate_bytes: 256 * 1024,
+            ..small_config()
+        };
+        let store = MemStorage::reliable();
+        let clock = ManualClock::new(T0);
+        let log = open_mem(&store, config, &clock).await.unwrap();
+        // 100 batches of 8 KB: about 800 KB, so four segments.
+        for _ in 0..100 {
+            log.append(batch(1, 8000, T0), 1, Durability::Write)
+                .await
+                .unwrap();
+        }
+        let segments = log.segment_count() as u64;
+        assert!(segments >= 4, "{segments} segments");
+        assert_eq!(log.stats().preallocate_latency.count, segments);
+    });
+}
+
+#[test]
 fn torn_tails_are_truncated() {
     type Damage = fn(&mut Vec<u8>, usize);
     let cases: [(&str, Damage); 3] = [

@@ -265,8 +265,12 @@ async fn apply_retention(partition: &TopicPartition, state: &DiskPartition) {
 /// The engine's log settings for a topic config.
 pub fn log_config(config: &TopicConfig) -> LogConfig {
     let defaults = LogConfig::default();
+    let segment_bytes = u64::try_from(config.segment_bytes).unwrap_or(defaults.segment_bytes).max(64 * 1024);
     LogConfig {
-        segment_bytes: u64::try_from(config.segment_bytes).unwrap_or(defaults.segment_bytes).max(64 * 1024),
+        segment_bytes,
+        // `preallocate`: a step of the whole segment, so a segment's first append reserves all
+        // of it, on a file with no direct I/O in flight yet.
+        preallocate_bytes: if config.preallocate { segment_bytes } else { defaults.preallocate_bytes },
         retention_ms: (config.retention_ms >= 0).then_some(config.retention_ms),
         retention_bytes: u64::try_from(config.retention_bytes).ok(),
         // The front-end enforces max.message.bytes per request; a single batch may carry a
@@ -558,6 +562,14 @@ mod tests {
         let bytes = Bytes::from(encode_test_batch(-1, -1, count, 100));
         let headers = parse_batches(&bytes).unwrap();
         AppendBatches { bytes, headers }
+    }
+
+    #[test]
+    fn preallocate_reserves_a_whole_segment_per_step() {
+        let config = TopicConfig { segment_bytes: 128 << 20, ..TopicConfig::default() };
+        assert_eq!(log_config(&config).preallocate_bytes, LogConfig::default().preallocate_bytes);
+        let config = TopicConfig { preallocate: true, ..config };
+        assert_eq!(log_config(&config).preallocate_bytes, 128 << 20);
     }
 
     #[test]

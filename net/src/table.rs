@@ -18,7 +18,7 @@ pub const TOPIC_PARTITIONS_MAX: i32 = 10_000;
 
 /// Config keys we support, in the order DescribeConfigs lists them.
 pub const TOPIC_CONFIG_KEYS: &[&str] =
-    &["retention.ms", "retention.bytes", "segment.bytes", "max.message.bytes", "cleanup.policy"];
+    &["retention.ms", "retention.bytes", "segment.bytes", "max.message.bytes", "cleanup.policy", "preallocate"];
 
 /// One topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,6 +102,14 @@ pub fn set_config(config: &mut TopicConfig, key: &str, value: &str) -> Result<()
             config.max_message_bytes = bytes;
         }
         "cleanup.policy" if value == "delete" => config.cleanup_policy = value.to_string(),
+        // Kafka parses booleans case-insensitively and refuses anything else.
+        "preallocate" => {
+            config.preallocate = match value.trim().to_ascii_lowercase().as_str() {
+                "true" => true,
+                "false" => false,
+                _ => return Err(KafkaCode::InvalidConfig),
+            }
+        }
         _ => return Err(KafkaCode::InvalidConfig),
     }
     Ok(())
@@ -115,6 +123,7 @@ pub fn config_value(config: &TopicConfig, key: &str) -> Option<String> {
         "segment.bytes" => config.segment_bytes.to_string(),
         "max.message.bytes" => config.max_message_bytes.to_string(),
         "cleanup.policy" => config.cleanup_policy.clone(),
+        "preallocate" => config.preallocate.to_string(),
         _ => return None,
     })
 }
@@ -146,6 +155,19 @@ mod tests {
         assert_eq!(config.retention_ms, 1000);
         overrides.insert("cleanup.policy".to_string(), "compact".to_string());
         assert_eq!(config_from_overrides(&TopicConfig::default(), &overrides), Err(KafkaCode::InvalidConfig));
+    }
+
+    #[test]
+    fn preallocate_is_a_boolean() {
+        let mut config = TopicConfig::default();
+        assert_eq!(config_value(&config, "preallocate").as_deref(), Some("false"));
+        set_config(&mut config, "preallocate", "TRUE").unwrap();
+        assert!(config.preallocate);
+        assert_eq!(config_value(&config, "preallocate").as_deref(), Some("true"));
+        assert_eq!(set_config(&mut config, "preallocate", "yes"), Err(KafkaCode::InvalidConfig));
+        assert!(config.preallocate, "a refused value changes nothing");
+        set_config(&mut config, "preallocate", "false").unwrap();
+        assert!(!config.preallocate);
     }
 
     #[test]

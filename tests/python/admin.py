@@ -40,15 +40,20 @@ if configs["retention.ms"].value != "60000":
     fail(f"retention.ms is {configs['retention.ms'].value}")
 if configs["cleanup.policy"].value != "delete":
     fail("cleanup.policy missing")
+if configs["preallocate"].value != "false":
+    fail(f"preallocate is {configs['preallocate'].value}")
 
 incremental = ConfigResource(ConfigResource.Type.TOPIC, "admin-a", incremental_configs=[
     ConfigEntry("retention.bytes", "1048576", incremental_operation=AlterConfigOpType.SET),
     ConfigEntry("retention.ms", None, incremental_operation=AlterConfigOpType.DELETE),
+    ConfigEntry("preallocate", "true", incremental_operation=AlterConfigOpType.SET),
 ])
 admin.incremental_alter_configs([incremental])[incremental].result(timeout=30)
 configs = admin.describe_configs([resource])[resource].result(timeout=30)
 if configs["retention.bytes"].value != "1048576" or configs["retention.ms"].value != str(7 * 24 * 3600 * 1000):
     fail(f"incremental alter not applied: {configs['retention.bytes'].value} {configs['retention.ms'].value}")
+if configs["preallocate"].value != "true":
+    fail(f"preallocate not applied: {configs['preallocate'].value}")
 
 bad = ConfigResource(ConfigResource.Type.TOPIC, "admin-a", incremental_configs=[
     ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.SET)])

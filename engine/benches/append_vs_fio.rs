@@ -156,17 +156,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; this harness has no options of its own.
-    let rounds = env_u64("RILL_PAIRED_ROUNDS", 12);
-    let mib = env_u64("RILL_PAIRED_MIB", 2048);
+    let rounds = common::env("RILL_PAIRED_ROUNDS").unwrap_or(12);
+    let mib = common::env("RILL_PAIRED_MIB").unwrap_or(2048);
     std::env::set_var("RILL_BENCH_PREBUILT", "1");
     let mut variants: Vec<(String, Run)> = std::env::var("RILL_PAIRED_PREALLOC_MIB")
         .unwrap_or_else(|_| "default".into())

@@ -38,27 +38,23 @@ pub fn settle(dir: &std::path::Path) {
     assert!(status.success(), "sync -f {}: {status}", dir.display());
 }
 
+/// The environment variable `name` parsed, if it is set and parses.
+pub fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 pub fn config() -> LogConfig {
+    let defaults = LogConfig::default();
     // RILL_BENCH_CHUNK_KIB: the staging chunk size (default the log's).
-    let chunk_bytes = std::env::var("RILL_BENCH_CHUNK_KIB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .map_or(LogConfig::default().chunk_bytes, |kib| kib << 10);
+    let chunk_bytes =
+        env::<usize>("RILL_BENCH_CHUNK_KIB").map_or(defaults.chunk_bytes, |kib| kib << 10);
     // RILL_BENCH_POOL: staging chunks each log keeps for reuse (default the log's).
-    let chunk_pool_max = std::env::var("RILL_BENCH_POOL")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(LogConfig::default().chunk_pool_max);
+    let chunk_pool_max = env("RILL_BENCH_POOL").unwrap_or(defaults.chunk_pool_max);
     // RILL_BENCH_PREALLOC_MIB: the preallocation step (default the log's).
-    let preallocate_bytes = std::env::var("RILL_BENCH_PREALLOC_MIB")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(LogConfig::default().preallocate_bytes, |mib| mib << 20);
+    let preallocate_bytes =
+        env::<u64>("RILL_BENCH_PREALLOC_MIB").map_or(defaults.preallocate_bytes, |mib| mib << 20);
     // RILL_BENCH_SEGMENT_MIB: the segment size (default 1 GiB, the log's default).
-    let segment_bytes = std::env::var("RILL_BENCH_SEGMENT_MIB")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(1 << 30, |mib| mib << 20);
+    let segment_bytes = env::<u64>("RILL_BENCH_SEGMENT_MIB").map_or(1 << 30, |mib| mib << 20);
     LogConfig {
         chunk_bytes,
         chunk_pool_max,
@@ -66,7 +62,7 @@ pub fn config() -> LogConfig {
         segment_bytes,
         retention_ms: None,
         batch_bytes_max: 2 << 20,
-        ..LogConfig::default()
+        ..defaults
     }
 }
 
@@ -89,10 +85,7 @@ pub fn append_run(size: usize, durability: Durability, iters: u64, config: LogCo
             let log = Rc::new(log);
             let batch = rill_engine::testing::kafka_batch(10, size - 61, 0);
             // RILL_BENCH_APPENDERS: concurrent appenders (default APPENDERS).
-            let appenders: u64 = std::env::var("RILL_BENCH_APPENDERS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(APPENDERS as u64);
+            let appenders: u64 = env("RILL_BENCH_APPENDERS").unwrap_or(APPENDERS as u64);
             // RILL_BENCH_PREBUILT=1: every appender's input batches are allocated and filled
             // before the clock starts (as fio's buffers are), so the timed loop holds only the
             // log's own work; otherwise each append first copies the batch into a new buffer.

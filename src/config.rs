@@ -32,6 +32,9 @@ pub struct FileConfig {
     pub auto_create_topics: Option<bool>,
     /// Partitions of auto-created topics.
     pub default_partitions: Option<i32>,
+    /// Kafka's `log.preallocate`: topics that do not set `preallocate` reserve each segment's
+    /// whole file when it starts (default false).
+    pub log_preallocate: Option<bool>,
     /// Host advertised to clients (default: the Kafka listener's host).
     pub advertised_host: Option<String>,
     /// In-memory storage budget per core, in MiB.
@@ -95,6 +98,8 @@ pub struct ServeSettings {
     pub auto_create_topics: bool,
     /// Partitions of auto-created topics.
     pub default_partitions: i32,
+    /// The `preallocate` of topics that do not set it.
+    pub log_preallocate: bool,
     /// Advertised host.
     pub advertised_host: String,
     /// In-memory budget per core, in MiB.
@@ -291,6 +296,7 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<ServeSettings> 
         cpus,
         auto_create_topics: overrides.auto_create_topics.or(file.auto_create_topics).unwrap_or(false),
         default_partitions,
+        log_preallocate: file.log_preallocate.unwrap_or(false),
         advertised_host,
         memory_store_mib_per_core: file.memory_store_mib_per_core.unwrap_or(1024),
         spin_before_park_us: file.spin_before_park_us.unwrap_or(0),
@@ -342,7 +348,10 @@ mod tests {
         assert!(settings.auto_create_topics);
         assert_eq!(settings.admin_listen.port(), 9644);
         assert_eq!(settings.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert!(!settings.log_preallocate);
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+        let preallocating: FileConfig = toml::from_str("cores = 1\nlog_preallocate = true").unwrap();
+        assert!(resolve(preallocating, Overrides::default()).unwrap().log_preallocate);
         let limits: FileConfig = toml::from_str("cores = 1\nmax_connections = 10\nconnections_max_idle_ms = 2000\nrequest_read_timeout_ms = 500").unwrap();
         let settings = resolve(limits, Overrides::default()).unwrap();
         assert_eq!(settings.connections_per_core_max, 10);

@@ -191,7 +191,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         advertised_port: i32::from(settings.kafka_listen.port()),
         auto_create_topics: settings.auto_create_topics,
         default_partitions: settings.default_partitions,
-        topic_defaults: TopicConfig::default(),
+        topic_defaults: TopicConfig { preallocate: settings.log_preallocate, ..TopicConfig::default() },
         frame_limits: FrameLimits { frame_bytes_max: settings.max_request_bytes },
         store_bytes_max_per_core: settings.memory_store_mib_per_core * 1024 * 1024,
         connections_per_core_max: settings.connections_per_core_max,

@@ -13,11 +13,13 @@
 //! `scripts/bench/limits.sh`) MiB per run; `RILL_PAIRED_PREALLOC_MIB=default,segment,256` runs
 //! one log per listed preallocation step (`default`: the log's own; `segment`: the segment's
 //! size, as the broker's topic config `preallocate=true`; a number: that many MiB);
-//! `RILL_PAIRED_SEAM=8,b4` adds runs that write 1 MiB buffers straight through the storage seam
-//! (glommio `DmaFile`, preallocated before the clock starts as fio lays out its file), 8 always
-//! in flight (`8`) or in bursts of 4 awaited together (`b4`, as a log flush issues its chunks):
-//! what the runtime reaches without the log. The `append` bench's `RILL_BENCH_*` overrides
-//! apply.
+//! `RILL_PAIRED_SEAM=8,b4,8s,8p` adds runs that write 1 MiB buffers straight through the
+//! storage seam (glommio `DmaFile`), 8 always in flight (`8`) or in bursts of 4 awaited together
+//! (`b4`, as a log flush issues its chunks): what the runtime reaches without the log. Their
+//! file is preallocated before the clock starts, as fio lays out its file, unless the entry
+//! ends in `s` (reserved while writing in the log's default steps, 32 MiB doubling to 256 MiB)
+//! or `p` (32 MiB, then all the rest at once). The `append` bench's `RILL_BENCH_*` overrides
+//! apply; `RILL_PAIRED_PREALLOC_MIB=none` runs no log.
 
 #![allow(missing_docs)]
 
@@ -40,13 +42,28 @@ enum Run {
     Log(LogConfig),
     /// 1 MiB writes through the storage seam, `depth` in flight: continuously, or in bursts
     /// awaited together when `burst`.
-    Seam { depth: u64, burst: bool },
+    Seam {
+        depth: u64,
+        burst: bool,
+        reserve: Reserve,
+    },
+}
+
+/// How a seam run reserves its file.
+#[derive(Clone, Copy, PartialEq)]
+enum Reserve {
+    /// All of it before the clock starts, as fio lays out its file.
+    Ahead,
+    /// While writing, in steps as the log's default: 32 MiB doubling up to 256 MiB.
+    Doubling,
+    /// While writing: 32 MiB, then all the rest at once.
+    ThenAll,
 }
 
 /// Writes `mib` MiB sequentially through the storage seam to a fresh file preallocated before
 /// the clock starts (as fio lays its file out), then fdatasyncs; the time from the first write
 /// to the fdatasync's return.
-fn seam_run(mib: u64, depth: u64, burst: bool) -> Duration {
+fn seam_run(mib: u64, depth: u64, burst: bool, reserve: Reserve) -> Duration {
     let dir = bench_dir("seam");
     glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {
@@ -58,7 +75,47 @@ fn seam_run(mib: u64, depth: u64, burst: bool) -> Duration {
                     .await
                     .unwrap(),
             );
-            file.preallocate(mib << 20).await.unwrap();
+            let reserved = Rc::new(Cell::new(0u64));
+            let reserving = Rc::new(Cell::new(false));
+            let step = Rc::new(Cell::new(32u64 << 20));
+            if reserve == Reserve::Ahead {
+                file.preallocate(mib << 20).await.unwrap();
+                reserved.set(mib << 20);
+            }
+            // Reserves up to `end` as `reserve` says; one writer at a time.
+            let ensure = {
+                let (file, reserved, reserving, step) = (
+                    file.clone(),
+                    reserved.clone(),
+                    reserving.clone(),
+                    step.clone(),
+                );
+                move |end: u64| {
+                    let (file, reserved, reserving, step) = (
+                        file.clone(),
+                        reserved.clone(),
+                        reserving.clone(),
+                        step.clone(),
+                    );
+                    async move {
+                        while reserved.get() < end {
+                            if reserving.get() {
+                                glommio::timer::sleep(Duration::from_micros(20)).await;
+                                continue;
+                            }
+                            reserving.set(true);
+                            let target = match reserve {
+                                Reserve::ThenAll if reserved.get() > 0 => mib << 20,
+                                _ => (reserved.get() + step.get()).min(mib << 20),
+                            };
+                            file.preallocate(target).await.unwrap();
+                            reserved.set(target);
+                            step.set((step.get() * 2).min(256 << 20));
+                            reserving.set(false);
+                        }
+                    }
+                }
+            };
             let buffers: Vec<_> = (0..depth)
                 .map(|_| {
                     let mut buf = file.alloc_buffer(1 << 20);
@@ -85,10 +142,11 @@ fn seam_run(mib: u64, depth: u64, burst: bool) -> Duration {
                 let writers: Vec<_> = buffers
                     .into_iter()
                     .map(|buf| {
-                        let (file, next) = (file.clone(), next.clone());
+                        let (file, next, ensure) = (file.clone(), next.clone(), ensure.clone());
                         glommio::spawn_local(async move {
                             while next.get() < mib {
                                 let at = next.replace(next.get() + 1);
+                                ensure((at + 1) << 20).await;
                                 assert_eq!(
                                     file.write_at(buf.clone(), at << 20).await.unwrap(),
                                     1 << 20
@@ -164,6 +222,7 @@ fn main() {
     let mut variants: Vec<(String, Run)> = std::env::var("RILL_PAIRED_PREALLOC_MIB")
         .unwrap_or_else(|_| "default".into())
         .split(',')
+        .filter(|v| v.trim() != "none")
         .map(|v| match v.trim().parse::<u64>() {
             // The broker's topic config `preallocate=true`: a step of the whole segment.
             Err(_) if v.trim() == "segment" => (
@@ -187,9 +246,17 @@ fn main() {
         .unwrap_or_default()
         .split(',')
     {
-        let (burst, depth) = match v.trim().strip_prefix('b') {
+        let v = v.trim();
+        let (v, reserve) = if let Some(v) = v.strip_suffix('s') {
+            (v, Reserve::Doubling)
+        } else if let Some(v) = v.strip_suffix('p') {
+            (v, Reserve::ThenAll)
+        } else {
+            (v, Reserve::Ahead)
+        };
+        let (burst, depth) = match v.strip_prefix('b') {
             Some(n) => (true, n.parse::<u64>()),
-            None => (false, v.trim().parse::<u64>()),
+            None => (false, v.parse::<u64>()),
         };
         if let Ok(depth) = depth {
             let name = if burst {
@@ -197,7 +264,19 @@ fn main() {
             } else {
                 format!("seam qd{depth}")
             };
-            variants.push((name, Run::Seam { depth, burst }));
+            let name = match reserve {
+                Reserve::Ahead => name,
+                Reserve::Doubling => format!("{name}, doubling reserve"),
+                Reserve::ThenAll => format!("{name}, 32 MiB then all"),
+            };
+            variants.push((
+                name,
+                Run::Seam {
+                    depth,
+                    burst,
+                    reserve,
+                },
+            ));
         }
     }
     println!(
@@ -218,7 +297,11 @@ fn main() {
             for (i, (_, run)) in variants.iter().enumerate() {
                 let elapsed = match run {
                     Run::Log(config) => append_run(1 << 20, Durability::Write, mib, *config),
-                    Run::Seam { depth, burst } => seam_run(mib, *depth, *burst),
+                    Run::Seam {
+                        depth,
+                        burst,
+                        reserve,
+                    } => seam_run(mib, *depth, *burst, *reserve),
                 };
                 logs[i] = mib as f64 / elapsed.as_secs_f64();
             }

@@ -108,7 +108,15 @@ fn seam_run(mib: u64, depth: u64, burst: bool, reserve: Reserve) -> Duration {
                                 Reserve::ThenAll if reserved.get() > 0 => mib << 20,
                                 _ => (reserved.get() + step.get()).min(mib << 20),
                             };
+                            let started = Instant::now();
                             file.preallocate(target).await.unwrap();
+                            if std::env::var("RILL_BENCH_STATS").is_ok_and(|v| v == "1") {
+                                eprintln!(
+                                    "seam: fallocate to {} MiB took {:.1} ms",
+                                    target >> 20,
+                                    started.elapsed().as_secs_f64() * 1e3
+                                );
+                            }
                             reserved.set(target);
                             step.set((step.get() * 2).min(256 << 20));
                             reserving.set(false);

@@ -471,6 +471,25 @@ fn memory_appends_come_due_for_a_background_write_out_at_half_the_stage_limit() 
     });
 }
 
+/// A log on a fresh in-memory store after `count` appends of 8 KB batches (durability
+/// `Write`), the clock advanced by `gap_ms` before each.
+async fn log_after_8kb_batches(
+    config: LogConfig,
+    count: usize,
+    gap_ms: i64,
+) -> PartitionLog<MemStorage> {
+    let store = MemStorage::reliable();
+    let clock = ManualClock::new(T0);
+    let log = open_mem(&store, config, &clock).await.unwrap();
+    for _ in 0..count {
+        clock.advance(gap_ms);
+        log.append(batch(1, 8000, T0), 1, Durability::Write)
+            .await
+            .unwrap();
+    }
+    log
+}
+
 #[test]
 fn fast_streams_reserve_in_growing_steps_slow_logs_in_the_base_step() {
     block_on(async {
@@ -478,23 +497,13 @@ fn fast_streams_reserve_in_growing_steps_slow_logs_in_the_base_step() {
             segment_bytes: 16 << 20,
             ..small_config()
         };
-        let fallocates = |fast: bool| async move {
-            let store = MemStorage::reliable();
-            let clock = ManualClock::new(T0);
-            let log = open_mem(&store, config, &clock).await.unwrap();
-            for _ in 0..60 {
-                if !fast {
-                    clock.advance(2000);
-                }
-                log.append(batch(1, 8000, T0), 1, Durability::Write)
-                    .await
-                    .unwrap();
-            }
+        let fallocates = |gap_ms: i64| async move {
+            let log = log_after_8kb_batches(config, 60, gap_ms).await;
             log.stats().preallocate_latency.count
         };
         // 60 batches of 8 KB (about 480 KiB): each base step covers the batch and 32 KiB more,
         // 12 steps; doubling, 32 + 64 + 128 + 256 KiB suffice.
-        let (fast, slow) = (fallocates(true).await, fallocates(false).await);
+        let (fast, slow) = (fallocates(0).await, fallocates(2000).await);
         assert!(fast <= 5, "fast stream: {fast} fallocates");
         assert_eq!(slow, 12, "slow log: the base step every time");
     });
@@ -509,15 +518,8 @@ fn a_step_of_a_whole_segment_reserves_each_segment_once_at_its_start() {
             preallocate_bytes: 256 * 1024,
             ..small_config()
         };
-        let store = MemStorage::reliable();
-        let clock = ManualClock::new(T0);
-        let log = open_mem(&store, config, &clock).await.unwrap();
         // 100 batches of 8 KB: about 800 KB, so four segments.
-        for _ in 0..100 {
-            log.append(batch(1, 8000, T0), 1, Durability::Write)
-                .await
-                .unwrap();
-        }
+        let log = log_after_8kb_batches(config, 100, 0).await;
         let segments = log.segment_count() as u64;
         assert!(segments >= 4, "{segments} segments");
         assert_eq!(log.stats().preallocate_latency.count, segments);

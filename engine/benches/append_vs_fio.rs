@@ -26,6 +26,7 @@
 mod common;
 
 use common::{append_run, bench_dir, config};
+use rill_engine::log::PREALLOCATE_STEP_BYTES_MAX;
 use rill_engine::storage::glommio_fs::GlommioStorage;
 use rill_engine::storage::{OpenMode, Storage, StorageFile};
 use rill_engine::{Durability, LogConfig};
@@ -54,15 +55,63 @@ enum Run {
 enum Reserve {
     /// All of it before the clock starts, as fio lays out its file.
     Ahead,
-    /// While writing, in steps as the log's default: 32 MiB doubling up to 256 MiB.
+    /// While writing, in the log's default steps: its base step (32 MiB) doubling up to
+    /// `PREALLOCATE_STEP_BYTES_MAX` (256 MiB).
     Doubling,
     /// While writing: 32 MiB, then all the rest at once.
     ThenAll,
 }
 
-/// Writes `mib` MiB sequentially through the storage seam to a fresh file preallocated before
-/// the clock starts (as fio lays its file out), then fdatasyncs; the time from the first write
-/// to the fdatasync's return.
+/// A seam run's file reservation, shared by its writers: extends the file as `reserve` says,
+/// one writer at a time, the others waiting for it.
+struct Reserver<F> {
+    file: Rc<F>,
+    reserve: Reserve,
+    /// The run's whole file.
+    total: u64,
+    reserved: Cell<u64>,
+    reserving: Cell<bool>,
+    /// The next `Doubling` step.
+    step: Cell<u64>,
+    /// `RILL_BENCH_STATS=1`: print each fallocate's time.
+    stats: bool,
+}
+
+impl<F: StorageFile> Reserver<F> {
+    /// Returns once the file is reserved up to `end`.
+    async fn up_to(&self, end: u64) {
+        while self.reserved.get() < end {
+            if self.reserving.get() {
+                glommio::timer::sleep(Duration::from_micros(20)).await;
+                continue;
+            }
+            self.reserving.set(true);
+            let reserved = self.reserved.get();
+            let target = match self.reserve {
+                Reserve::Ahead => self.total,
+                Reserve::ThenAll if reserved > 0 => self.total,
+                _ => (reserved + self.step.get()).min(self.total),
+            };
+            let started = Instant::now();
+            self.file.preallocate(target).await.unwrap();
+            if self.stats {
+                eprintln!(
+                    "seam: fallocate to {} MiB took {:.1} ms",
+                    target >> 20,
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+            }
+            self.reserved.set(target);
+            self.step
+                .set((self.step.get() * 2).min(PREALLOCATE_STEP_BYTES_MAX));
+            self.reserving.set(false);
+        }
+    }
+}
+
+/// Writes `mib` MiB sequentially through the storage seam to a fresh file, reserved as
+/// `reserve` says, then fdatasyncs; the time from the first write (after the reservation for
+/// `Reserve::Ahead`) to the fdatasync's return.
 fn seam_run(mib: u64, depth: u64, burst: bool, reserve: Reserve) -> Duration {
     let dir = bench_dir("seam");
     glommio::LocalExecutorBuilder::default()
@@ -75,55 +124,19 @@ fn seam_run(mib: u64, depth: u64, burst: bool, reserve: Reserve) -> Duration {
                     .await
                     .unwrap(),
             );
-            let reserved = Rc::new(Cell::new(0u64));
-            let reserving = Rc::new(Cell::new(false));
-            let step = Rc::new(Cell::new(32u64 << 20));
+            let reserver = Rc::new(Reserver {
+                file: file.clone(),
+                reserve,
+                total: mib << 20,
+                reserved: Cell::new(0),
+                reserving: Cell::new(false),
+                // The log's default steps: its base step, doubling up to its largest.
+                step: Cell::new(LogConfig::default().preallocate_bytes),
+                stats: common::flag("RILL_BENCH_STATS"),
+            });
             if reserve == Reserve::Ahead {
-                file.preallocate(mib << 20).await.unwrap();
-                reserved.set(mib << 20);
+                reserver.up_to(mib << 20).await;
             }
-            // Reserves up to `end` as `reserve` says; one writer at a time.
-            let ensure = {
-                let (file, reserved, reserving, step) = (
-                    file.clone(),
-                    reserved.clone(),
-                    reserving.clone(),
-                    step.clone(),
-                );
-                move |end: u64| {
-                    let (file, reserved, reserving, step) = (
-                        file.clone(),
-                        reserved.clone(),
-                        reserving.clone(),
-                        step.clone(),
-                    );
-                    async move {
-                        while reserved.get() < end {
-                            if reserving.get() {
-                                glommio::timer::sleep(Duration::from_micros(20)).await;
-                                continue;
-                            }
-                            reserving.set(true);
-                            let target = match reserve {
-                                Reserve::ThenAll if reserved.get() > 0 => mib << 20,
-                                _ => (reserved.get() + step.get()).min(mib << 20),
-                            };
-                            let started = Instant::now();
-                            file.preallocate(target).await.unwrap();
-                            if std::env::var("RILL_BENCH_STATS").is_ok_and(|v| v == "1") {
-                                eprintln!(
-                                    "seam: fallocate to {} MiB took {:.1} ms",
-                                    target >> 20,
-                                    started.elapsed().as_secs_f64() * 1e3
-                                );
-                            }
-                            reserved.set(target);
-                            step.set((step.get() * 2).min(256 << 20));
-                            reserving.set(false);
-                        }
-                    }
-                }
-            };
             let buffers: Vec<_> = (0..depth)
                 .map(|_| {
                     let mut buf = file.alloc_buffer(1 << 20);
@@ -136,6 +149,7 @@ fn seam_run(mib: u64, depth: u64, burst: bool, reserve: Reserve) -> Duration {
                 let mut next = 0;
                 while next < mib {
                     let n = depth.min(mib - next);
+                    reserver.up_to((next + n) << 20).await;
                     let writes = buffers
                         .iter()
                         .zip(next..next + n)
@@ -150,11 +164,11 @@ fn seam_run(mib: u64, depth: u64, burst: bool, reserve: Reserve) -> Duration {
                 let writers: Vec<_> = buffers
                     .into_iter()
                     .map(|buf| {
-                        let (file, next, ensure) = (file.clone(), next.clone(), ensure.clone());
+                        let (file, next, reserver) = (file.clone(), next.clone(), reserver.clone());
                         glommio::spawn_local(async move {
                             while next.get() < mib {
                                 let at = next.replace(next.get() + 1);
-                                ensure((at + 1) << 20).await;
+                                reserver.up_to((at + 1) << 20).await;
                                 assert_eq!(
                                     file.write_at(buf.clone(), at << 20).await.unwrap(),
                                     1 << 20
@@ -169,7 +183,7 @@ fn seam_run(mib: u64, depth: u64, burst: bool, reserve: Reserve) -> Duration {
             }
             file.fdatasync().await.unwrap();
             let elapsed = started.elapsed();
-            drop(file);
+            drop((reserver, file));
             storage.remove_dir_all(&dir).await.unwrap();
             elapsed
         })
@@ -181,6 +195,7 @@ fn seam_run(mib: u64, depth: u64, burst: bool, reserve: Reserve) -> Duration {
 /// fio's sequential O_DIRECT write of `mib` MiB to a fresh file in `dir`, in MiB/s. Settles
 /// the file system first, as the log's runs do.
 fn fio_mib_per_s(dir: &Path, mib: u64) -> f64 {
+    // `settle` creates the directory only when it runs (not with `RILL_BENCH_SETTLE=0`).
     std::fs::create_dir_all(dir).expect("create the fio dir");
     common::settle(dir);
     let file = dir.join("fio.dat");
@@ -227,6 +242,7 @@ fn main() {
     let rounds = common::env("RILL_PAIRED_ROUNDS").unwrap_or(12);
     let mib = common::env("RILL_PAIRED_MIB").unwrap_or(2048);
     std::env::set_var("RILL_BENCH_PREBUILT", "1");
+    let base = config();
     let mut variants: Vec<(String, Run)> = std::env::var("RILL_PAIRED_PREALLOC_MIB")
         .unwrap_or_else(|_| "default".into())
         .split(',')
@@ -236,18 +252,18 @@ fn main() {
             Err(_) if v.trim() == "segment" => (
                 "log, preallocate=true".to_string(),
                 Run::Log(LogConfig {
-                    preallocate_bytes: config().segment_bytes,
-                    ..config()
+                    preallocate_bytes: base.segment_bytes,
+                    ..base
                 }),
             ),
             Ok(step) => (
                 format!("prealloc {step} MiB"),
                 Run::Log(LogConfig {
                     preallocate_bytes: step << 20,
-                    ..config()
+                    ..base
                 }),
             ),
-            Err(_) => ("log".to_string(), Run::Log(config())),
+            Err(_) => ("log".to_string(), Run::Log(base)),
         })
         .collect();
     for v in std::env::var("RILL_PAIRED_SEAM")

@@ -38,6 +38,11 @@ pub fn settle(dir: &std::path::Path) {
     assert!(status.success(), "sync -f {}: {status}", dir.display());
 }
 
+/// Whether the environment variable `name` is `1`.
+pub fn flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1")
+}
+
 /// The environment variable `name` parsed, if it is set and parses.
 pub fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -53,8 +58,9 @@ pub fn config() -> LogConfig {
     // RILL_BENCH_PREALLOC_MIB: the preallocation step (default the log's).
     let preallocate_bytes =
         env::<u64>("RILL_BENCH_PREALLOC_MIB").map_or(defaults.preallocate_bytes, |mib| mib << 20);
-    // RILL_BENCH_SEGMENT_MIB: the segment size (default 1 GiB, the log's default).
-    let segment_bytes = env::<u64>("RILL_BENCH_SEGMENT_MIB").map_or(1 << 30, |mib| mib << 20);
+    // RILL_BENCH_SEGMENT_MIB: the segment size (default the log's, 1 GiB).
+    let segment_bytes =
+        env::<u64>("RILL_BENCH_SEGMENT_MIB").map_or(defaults.segment_bytes, |mib| mib << 20);
     LogConfig {
         chunk_bytes,
         chunk_pool_max,
@@ -89,7 +95,7 @@ pub fn append_run(size: usize, durability: Durability, iters: u64, config: LogCo
             // RILL_BENCH_PREBUILT=1: every appender's input batches are allocated and filled
             // before the clock starts (as fio's buffers are), so the timed loop holds only the
             // log's own work; otherwise each append first copies the batch into a new buffer.
-            let prebuilt = std::env::var("RILL_BENCH_PREBUILT").is_ok_and(|v| v == "1");
+            let prebuilt = flag("RILL_BENCH_PREBUILT");
             let stride = usize::try_from(appenders).expect("appenders fit in usize");
             let mut inputs: Vec<Vec<BytesMut>> = (0..appenders)
                 .map(|t| {
@@ -122,7 +128,7 @@ pub fn append_run(size: usize, durability: Durability, iters: u64, config: LogCo
             }
             log.flush().await.unwrap();
             let elapsed = started.elapsed();
-            if std::env::var("RILL_BENCH_STATS").is_ok_and(|v| v == "1") {
+            if flag("RILL_BENCH_STATS") {
                 // Where a sample's time went: the flushes' writes in flight, fallocate, fdatasync.
                 let s = log.stats();
                 let ms = |nanos: u64| nanos as f64 / 1e6;

@@ -425,6 +425,9 @@ pub struct PartitionLog<S: Storage> {
     flush_waiters: WakeList<i64>,
     /// The last flush was a streaming one (see [`STREAMING_BATCH_BYTES`]).
     streaming: Cell<bool>,
+    /// Bytes the last flush without fdatasync wrote: half of it and of what is staged is the
+    /// next streaming flush's budget.
+    streaming_flush_bytes: Cell<u64>,
     /// A [`sync_behind_appends`](Self::sync_behind_appends) is running.
     syncing_behind: Cell<bool>,
     /// Group commits whose fdatasync runs outside the flush lock ([`PendingSync`]): how many
@@ -508,6 +511,7 @@ impl<S: Storage> PartitionLog<S> {
             flush_lock: LocalMutex::default(),
             flush_waiters: WakeList::default(),
             streaming: Cell::new(false),
+            streaming_flush_bytes: Cell::new(0),
             syncing_behind: Cell::new(false),
             syncs_issued: Cell::new(0),
             syncs_published: Cell::new(0),
@@ -879,6 +883,15 @@ impl<S: Storage> PartitionLog<S> {
         }
     }
 
+    /// Bytes staged in the active segment and not yet handed to a write.
+    fn active_dirty_bytes(&self) -> u64 {
+        let st = self.state.borrow();
+        st.active()
+            .writer
+            .as_ref()
+            .map_or(0, |w| w.dirty_bytes() as u64)
+    }
+
     fn staged_bytes(&self) -> usize {
         let st = self.state.borrow();
         st.segments
@@ -997,6 +1010,7 @@ impl<S: Storage> PartitionLog<S> {
         let mut take = || take_chunk(pool, &*file, chunk_bytes);
         writer.stage(&header_bytes, &mut take);
         writer.stage(&payload, &mut take);
+        writer.mark_frame_end(header.next_offset());
         let frame_bytes = header.frame_bytes() as u64;
         active
             .index
@@ -1036,7 +1050,12 @@ impl<S: Storage> PartitionLog<S> {
     /// unwritten are woken first, so one of them issues the next flush before the served
     /// appenders (the flusher too) go on, and those first let that flush reach the disk
     /// ([`Storage::yield_to_io`]): the disk then writes while they copy their next batches in.
-    /// Measured in docs/BENCHMARKS.md (issue 2, session 6).
+    /// Measured in docs/BENCHMARKS.md (issue 2, session 6). Such a flush writes only about half
+    /// of what is outstanding: the staged frames up to the first frame end past half of what
+    /// is staged plus what the last flush wrote, leaving the rest to the next flush. Without
+    /// that budget, one disturbance (an fallocate holding up an append) locked an 8-appender
+    /// stream for good into flushes of one batch and of the seven others, the single-batch ones
+    /// writing at half the disk's pace: ~25% of the stream's bandwidth (issue 2, session 14).
     async fn flush_to(&self, offset: i64, sync: bool) -> Result<(), LogError> {
         loop {
             self.check_usable()?;
@@ -1076,9 +1095,15 @@ impl<S: Storage> PartitionLog<S> {
                 if sync {
                     pending = Some(self.write_closing_epoch().await?);
                 } else {
-                    self.flush_once(false).await?;
+                    let budget = self.streaming.get().then(|| {
+                        (self.active_dirty_bytes() + self.streaming_flush_bytes.get()) / 2
+                    });
+                    self.flush_once(false, budget).await?;
                 }
                 let wrote = self.state.borrow().stats.bytes_written - bytes_before;
+                if !sync {
+                    self.streaming_flush_bytes.set(wrote);
+                }
                 let streaming_bytes = self.config().streaming_batch_bytes * batches.max(1);
                 self.streaming.set(!sync && wrote >= streaming_bytes);
                 if wrote < self.config().pipelined_sync_bytes {
@@ -1132,10 +1157,13 @@ impl<S: Storage> PartitionLog<S> {
     /// holders that need the files settled: `close`, `truncate_suffix`). Runs under the flush
     /// lock. Segments that were rolled away are finalized first (written, synced, truncated),
     /// so a crash never leaves a torn sealed segment before valid data.
-    async fn flush_once(&self, sync: bool) -> Result<(), LogError> {
+    ///
+    /// With a `budget`, it writes the active segment's staged frames only up to the first frame
+    /// end at least `budget` bytes in (see `flush_to`'s streams of large batches).
+    async fn flush_once(&self, sync: bool, budget: Option<u64>) -> Result<(), LogError> {
         self.state.borrow_mut().stats.flushes += 1;
         self.seal_rolled_segments().await?;
-        let (active_base, target) = {
+        let (active_base, target, limit) = {
             let mut st = self.state.borrow_mut();
             // Frames staged from now on belong to the next group commit. This runs with no
             // await before `write_segment` takes the staged bytes, so the flush writes exactly
@@ -1151,12 +1179,25 @@ impl<S: Storage> PartitionLog<S> {
                 // older ones are durable.
                 st.window_start = st.active().size;
             }
+            let bound = budget.and_then(|bytes| {
+                let writer = st
+                    .active()
+                    .writer
+                    .as_ref()
+                    .expect("the active segment has a writer");
+                writer.frame_end_after(bytes)
+            });
+            let (limit, target) = match bound {
+                Some((limit, next_offset)) => (Some(limit), next_offset),
+                None => (None, st.next_offset),
+            };
             (
                 *st.segments.keys().next_back().expect("active"),
-                st.next_offset,
+                target,
+                limit,
             )
         };
-        self.write_segment(active_base, sync).await?;
+        self.write_segment(active_base, sync, limit).await?;
         let mut st = self.state.borrow_mut();
         st.written_offset = st.written_offset.max(target);
         if sync {
@@ -1183,15 +1224,21 @@ impl<S: Storage> PartitionLog<S> {
                 break;
             }
             for base in sealing {
-                self.write_segment(base, true).await?;
+                self.write_segment(base, true, None).await?;
                 self.seal_segment(base).await?;
             }
         }
         Ok(())
     }
 
-    /// Issues one segment's dirty writes concurrently, then fdatasyncs when `sync`.
-    async fn write_segment(&self, base: i64, sync: bool) -> Result<(), LogError> {
+    /// Issues one segment's dirty writes concurrently (those below file position `limit` only,
+    /// a frame end, when given), then fdatasyncs when `sync`.
+    async fn write_segment(
+        &self,
+        base: i64,
+        sync: bool,
+        limit: Option<u64>,
+    ) -> Result<(), LogError> {
         // A log that failed meanwhile (an fdatasync outside the flush lock may have lost what it
         // covered) writes nothing more: a later segment's batches would land after a lost tail.
         self.check_usable()?;
@@ -1210,8 +1257,9 @@ impl<S: Storage> PartitionLog<S> {
             let mut alloc = |n: usize| file.alloc_buffer(n);
             let mut recycle =
                 |b: <S::File as StorageFile>::Buffer| recycle_chunk(pool, b, chunk_bytes, pool_max);
-            let ops = writer.take_writes(&mut alloc, &mut recycle);
-            (file, ops, seg.size)
+            let limit = limit.unwrap_or(u64::MAX);
+            let ops = writer.take_writes_below(limit, &mut alloc, &mut recycle);
+            (file, ops, seg.size.min(limit))
         };
         let path = file.path();
         let cancelled =
@@ -1376,7 +1424,7 @@ impl<S: Storage> PartitionLog<S> {
                 st.active().size,
             )
         };
-        self.write_segment(base, false).await?;
+        self.write_segment(base, false, None).await?;
         let mut st = self.state.borrow_mut();
         st.written_offset = st.written_offset.max(target);
         let ticket = self.syncs_issued.get();
@@ -1786,7 +1834,7 @@ impl<S: Storage> PartitionLog<S> {
             return Ok(());
         }
         // Everything staged goes to disk first, so the cut happens on settled files.
-        self.flush_once(true).await?;
+        self.flush_once(true, None).await?;
         let (mut cut_base, mut cut_position) = self.boundary_position(offset).await?;
         let first = *self.state.borrow().segments.keys().next().expect("segment");
         // A cut at a segment's first batch removes that segment too (unless it is the first).
@@ -2055,7 +2103,7 @@ impl<S: Storage> PartitionLog<S> {
             self.close_files().await;
             return result;
         }
-        self.flush_once(true).await?;
+        self.flush_once(true, None).await?;
         // Group commits still fdatasyncing use the files; their appenders get their answer.
         while self.syncs_published.get() < self.syncs_issued.get() && self.check_usable().is_ok() {
             self.sync_waiters.wait(0).await;

@@ -115,6 +115,9 @@ pub(crate) struct SegmentWriter<B> {
     active_len: usize,
     active_written: usize,
     full: VecDeque<FullChunk<B>>,
+    /// Where each staged frame not yet handed to a write ends (file position) and the offset
+    /// after it, in order: the places a bounded flush may stop.
+    frame_ends: VecDeque<(u64, i64)>,
 }
 
 impl<B: IoBuffer> SegmentWriter<B> {
@@ -134,6 +137,7 @@ impl<B: IoBuffer> SegmentWriter<B> {
             active_len,
             active_written: active_len,
             full: VecDeque::new(),
+            frame_ends: VecDeque::new(),
         }
     }
 
@@ -165,16 +169,58 @@ impl<B: IoBuffer> SegmentWriter<B> {
         }
     }
 
+    /// Notes that a whole frame was staged, `next_offset` being the offset after it.
+    pub fn mark_frame_end(&mut self, next_offset: i64) {
+        let end = self.active_position + self.active_len as u64;
+        self.frame_ends.push_back((end, next_offset));
+    }
+
+    /// The first file position where nothing staged has been handed to a write yet.
+    fn dirty_start(&self) -> u64 {
+        match self.full.front() {
+            Some(chunk) => chunk.position + chunk.written as u64,
+            None => self.active_position + self.active_written as u64,
+        }
+    }
+
+    /// Where a flush that should write about `bytes` of what is staged stops: the end of the
+    /// first staged frame at which at least `bytes` lie behind, or of the last one, with the
+    /// offset after that frame. `None` when no whole frame is staged.
+    pub fn frame_end_after(&self, bytes: u64) -> Option<(u64, i64)> {
+        let start = self.dirty_start();
+        self.frame_ends
+            .iter()
+            .find(|&&(end, _)| end.saturating_sub(start) >= bytes)
+            .or(self.frame_ends.back())
+            .copied()
+    }
+
     /// Turns everything staged into writes of aligned ranges. `alloc` makes zeroed buffers;
     /// `recycle` takes back chunks that were copied rather than written.
+    #[cfg(test)]
     pub fn take_writes(
         &mut self,
         alloc: &mut impl FnMut(usize) -> B,
         recycle: &mut impl FnMut(B),
     ) -> Vec<WriteOp<B>> {
+        self.take_writes_below(u64::MAX, alloc, recycle)
+    }
+
+    /// [`take_writes`](Self::take_writes) of the staged bytes below file position `limit` only
+    /// (a frame end, from [`frame_end_after`](Self::frame_end_after)): the page holding `limit`
+    /// is written with zeros past it, and the next take rewrites it whole, as it does the last
+    /// page of every take.
+    pub fn take_writes_below(
+        &mut self,
+        limit: u64,
+        alloc: &mut impl FnMut(usize) -> B,
+        recycle: &mut impl FnMut(B),
+    ) -> Vec<WriteOp<B>> {
         let mut ops = Vec::new();
-        for chunk in self.full.drain(..) {
-            if chunk.written == 0 {
+        while let Some(chunk) = self.full.front_mut() {
+            let end = chunk.position + self.chunk_bytes as u64;
+            if limit >= end && chunk.written == 0 {
+                let chunk = self.full.pop_front().expect("just seen");
                 ops.push(WriteOp {
                     buf: Rc::new(chunk.buf),
                     position: chunk.position,
@@ -182,31 +228,40 @@ impl<B: IoBuffer> SegmentWriter<B> {
                 });
                 continue;
             }
-            let from = usize::try_from(align_down(chunk.written as u64)).expect("fits");
-            let mut buf = alloc(self.chunk_bytes - from);
-            buf.as_bytes_mut()
-                .copy_from_slice(&chunk.buf.as_bytes()[from..]);
-            ops.push(WriteOp {
-                buf: Rc::new(buf),
-                position: chunk.position + from as u64,
-                pooled: false,
-            });
+            if limit <= chunk.position + chunk.written as u64 {
+                break;
+            }
+            let upto = usize::try_from(limit.min(end) - chunk.position).expect("within a chunk");
+            ops.push(copy_range(
+                &chunk.buf,
+                chunk.position,
+                chunk.written,
+                upto,
+                alloc,
+            ));
+            if upto < self.chunk_bytes {
+                chunk.written = upto;
+                break;
+            }
+            let chunk = self.full.pop_front().expect("just seen");
             recycle(chunk.buf);
         }
-        if self.active_len > self.active_written {
-            let chunk = self.active.as_ref().expect("dirty bytes live in a chunk");
-            let from = usize::try_from(align_down(self.active_written as u64)).expect("fits");
-            let to = usize::try_from(align_up(self.active_len as u64)).expect("fits");
-            let mut buf = alloc(to - from);
-            let dirty = &chunk.as_bytes()[from..self.active_len];
-            buf.as_bytes_mut()[..dirty.len()].copy_from_slice(dirty);
-            debug_assert!(buf.as_bytes()[dirty.len()..].iter().all(|&b| b == 0));
-            ops.push(WriteOp {
-                buf: Rc::new(buf),
-                position: self.active_position + from as u64,
-                pooled: false,
-            });
-            self.active_written = self.active_len;
+        if self.full.is_empty() && limit > self.active_position + self.active_written as u64 {
+            let upto = usize::try_from((limit - self.active_position).min(self.active_len as u64))
+                .expect("within a chunk");
+            if upto > self.active_written {
+                let chunk = self.active.as_ref().expect("dirty bytes live in a chunk");
+                let (written, position) = (self.active_written, self.active_position);
+                ops.push(copy_range(chunk, position, written, upto, alloc));
+                self.active_written = upto;
+            }
+        }
+        while self
+            .frame_ends
+            .front()
+            .is_some_and(|&(end, _)| end <= limit)
+        {
+            self.frame_ends.pop_front();
         }
         ops
     }
@@ -214,6 +269,28 @@ impl<B: IoBuffer> SegmentWriter<B> {
     /// Gives back the active chunk (the writer is done).
     pub fn into_chunk(self) -> Option<B> {
         self.active
+    }
+}
+
+/// A write of `chunk`'s bytes from the page holding `written` up to `upto` (chunk-relative),
+/// copied into a fresh buffer whose tail past `upto` is zero.
+fn copy_range<B: IoBuffer>(
+    chunk: &B,
+    position: u64,
+    written: usize,
+    upto: usize,
+    alloc: &mut impl FnMut(usize) -> B,
+) -> WriteOp<B> {
+    let from = usize::try_from(align_down(written as u64)).expect("fits");
+    let to = usize::try_from(align_up(upto as u64)).expect("fits");
+    let mut buf = alloc(to - from);
+    let dirty = &chunk.as_bytes()[from..upto];
+    buf.as_bytes_mut()[..dirty.len()].copy_from_slice(dirty);
+    debug_assert!(buf.as_bytes()[dirty.len()..].iter().all(|&b| b == 0));
+    WriteOp {
+        buf: Rc::new(buf),
+        position: position + from as u64,
+        pooled: false,
     }
 }
 
@@ -325,6 +402,51 @@ mod tests {
             apply(&mut image, &ops);
             proptest::prop_assert_eq!(&image[..expected.len()], &expected[..]);
             proptest::prop_assert_eq!(writer.dirty_bytes(), 0);
+        }
+    }
+
+    proptest::proptest! {
+        /// Bounded takes write exactly the frames up to the chosen frame end, zeros past it, and
+        /// leave the rest staged for the next take.
+        #[test]
+        fn bounded_takes_stop_at_frame_ends(
+            steps in proptest::collection::vec((1usize..40_000, 0u64..100_000, proptest::bool::ANY), 1..40),
+        ) {
+            let chunk_bytes = 16 * 1024;
+            let mut writer = SegmentWriter::new(chunk_bytes, 0, &[], chunk(chunk_bytes));
+            let (mut expected, mut image, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+            let mut alloc = |n| chunk(n);
+            let mut take = || chunk(chunk_bytes);
+            let mut written = 0u64;
+            for (i, &(size, budget, flush)) in steps.iter().enumerate() {
+                let data: Vec<u8> = (0..size).map(|j| ((i * 7 + j) % 251) as u8 + 1).collect();
+                writer.stage(&data, &mut take);
+                expected.extend_from_slice(&data);
+                writer.mark_frame_end(i as i64 + 1);
+                ends.push(expected.len() as u64);
+                if !flush {
+                    continue;
+                }
+                let (limit, next) = writer.frame_end_after(budget).expect("a frame is staged");
+                // The first frame end at least `budget` past what was written, or the last.
+                let want = ends
+                    .iter()
+                    .position(|&e| e > written && e - written >= budget)
+                    .unwrap_or(ends.len() - 1);
+                proptest::prop_assert_eq!((limit, next), (ends[want], want as i64 + 1));
+                let ops = writer.take_writes_below(limit, &mut alloc, &mut |_| {});
+                apply(&mut image, &ops);
+                let limit = usize::try_from(limit).unwrap();
+                proptest::prop_assert_eq!(&image[..limit], &expected[..limit]);
+                proptest::prop_assert!(image[limit..].iter().all(|&b| b == 0));
+                proptest::prop_assert_eq!(writer.dirty_bytes(), expected.len() - limit);
+                written = limit as u64;
+            }
+            let ops = writer.take_writes(&mut alloc, &mut |_| {});
+            apply(&mut image, &ops);
+            proptest::prop_assert_eq!(&image[..expected.len()], &expected[..]);
+            proptest::prop_assert_eq!(writer.dirty_bytes(), 0);
+            proptest::prop_assert_eq!(writer.frame_end_after(0), None);
         }
     }
 

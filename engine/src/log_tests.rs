@@ -1109,70 +1109,19 @@ mod on_glommio {
         });
     }
 
-    /// With large `Write` batches, a flush that leaves appenders unserved hands over: the next
-    /// flush starts before any appender it served returns (so the disk writes while they copy
-    /// their next batches in); with small batches, served appenders return first.
-    #[test]
-    fn streaming_write_flushes_start_the_next_flush_before_served_appenders_return() {
-        for (body, streams) in [(512 << 10, true), (4 << 10, false)] {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("topic-0");
-            let trace = run(async move {
-                let clock: Rc<dyn Clock> = Rc::new(ManualClock::new(T0));
-                let config = LogConfig {
-                    segment_bytes: 1 << 30,
-                    batch_bytes_max: 1 << 20,
-                    ..LogConfig::default()
-                };
-                let log = Rc::new(
-                    PartitionLog::open(
-                        GlommioStorage::DIRECT,
-                        path,
-                        config,
-                        BatchCache::shared(0),
-                        clock,
-                    )
-                    .await
-                    .unwrap(),
-                );
-                let tasks: Vec<_> = (0..4)
-                    .map(|_| {
-                        let log = log.clone();
-                        glommio::spawn_local(async move {
-                            for _ in 0..12 {
-                                log.append(batch(1, body, T0), 1, Durability::Write)
-                                    .await
-                                    .unwrap();
-                            }
-                        })
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await;
-                }
-                assert_eq!(read_all(&log).await.len(), 48);
-                log.close().await.unwrap();
-                log.flush_trace()
-            });
-            check_hand_overs(&trace, streams);
-        }
-    }
-
-    /// A stream of large `Write` batches that settles into lopsided flushes (one batch, then
-    /// all the others, as an fallocate between appends leaves it) evens them out: each
-    /// streaming flush writes about half of what is outstanding.
-    #[test]
-    fn streaming_flushes_even_out() {
+    /// Runs `appenders` concurrent `Write` appenders of `appends` batches of `body` bytes each
+    /// on a fresh glommio log with `config`, checks every batch reads back, and returns the
+    /// log's flush trace.
+    fn write_stream_trace(
+        config: LogConfig,
+        appenders: usize,
+        appends: usize,
+        body: usize,
+    ) -> Vec<FlushEvent> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("topic-0");
-        let trace = run(async move {
+        run(async move {
             let clock: Rc<dyn Clock> = Rc::new(ManualClock::new(T0));
-            let config = LogConfig {
-                segment_bytes: 1 << 30,
-                batch_bytes_max: 1 << 20,
-                preallocate_bytes: 1 << 20,
-                ..LogConfig::default()
-            };
             let log = Rc::new(
                 PartitionLog::open(
                     GlommioStorage::DIRECT,
@@ -1184,12 +1133,12 @@ mod on_glommio {
                 .await
                 .unwrap(),
             );
-            let tasks: Vec<_> = (0..8)
+            let tasks: Vec<_> = (0..appenders)
                 .map(|_| {
                     let log = log.clone();
                     glommio::spawn_local(async move {
-                        for _ in 0..40 {
-                            log.append(batch(1, 256 << 10, T0), 1, Durability::Write)
+                        for _ in 0..appends {
+                            log.append(batch(1, body, T0), 1, Durability::Write)
                                 .await
                                 .unwrap();
                         }
@@ -1199,9 +1148,39 @@ mod on_glommio {
             for t in tasks {
                 t.await;
             }
+            assert_eq!(read_all(&log).await.len(), appenders * appends);
             log.close().await.unwrap();
             log.flush_trace()
-        });
+        })
+    }
+
+    /// With large `Write` batches, a flush that leaves appenders unserved hands over: the next
+    /// flush starts before any appender it served returns (so the disk writes while they copy
+    /// their next batches in); with small batches, served appenders return first.
+    #[test]
+    fn streaming_write_flushes_start_the_next_flush_before_served_appenders_return() {
+        for (body, streams) in [(512 << 10, true), (4 << 10, false)] {
+            let config = LogConfig {
+                segment_bytes: 1 << 30,
+                batch_bytes_max: 1 << 20,
+                ..LogConfig::default()
+            };
+            check_hand_overs(&write_stream_trace(config, 4, 12, body), streams);
+        }
+    }
+
+    /// A stream of large `Write` batches that settles into lopsided flushes (one batch, then
+    /// all the others, as an fallocate between appends leaves it) evens them out: each
+    /// streaming flush writes about half of what is outstanding.
+    #[test]
+    fn streaming_flushes_even_out() {
+        let config = LogConfig {
+            segment_bytes: 1 << 30,
+            batch_bytes_max: 1 << 20,
+            preallocate_bytes: 1 << 20,
+            ..LogConfig::default()
+        };
+        let trace = write_stream_trace(config, 8, 40, 256 << 10);
         let mut sizes = Vec::new();
         let mut before = 0;
         for event in &trace {

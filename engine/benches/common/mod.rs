@@ -2,6 +2,7 @@
 //! configuration (with the `RILL_BENCH_*` overrides) and one timed run of concurrent appenders.
 
 use bytes::BytesMut;
+use rill_engine::envelope;
 use rill_engine::storage::glommio_fs::GlommioStorage;
 use rill_engine::{BatchCache, Durability, LogConfig, PartitionLog, SystemClock};
 use std::path::PathBuf;
@@ -89,7 +90,16 @@ pub fn append_run(size: usize, durability: Durability, iters: u64, config: LogCo
             .await
             .unwrap();
             let log = Rc::new(log);
-            let batch = rill_engine::testing::kafka_batch(10, size - 61, 0);
+            // RILL_BENCH_FRAME_EXACT=1: each stored frame (envelope header and Kafka batch) is
+            // exactly `size` bytes, so with `size` a multiple of the chunk every write is whole
+            // aligned chunks; otherwise the Kafka batch is `size` bytes.
+            let envelope = if flag("RILL_BENCH_FRAME_EXACT") {
+                envelope::HEADER_BYTES
+            } else {
+                0
+            };
+            let body = size - envelope::KAFKA_BATCH_HEADER_BYTES - envelope;
+            let batch = rill_engine::testing::kafka_batch(10, body, 0);
             // RILL_BENCH_APPENDERS: concurrent appenders (default APPENDERS).
             let appenders: u64 = env("RILL_BENCH_APPENDERS").unwrap_or(APPENDERS as u64);
             // RILL_BENCH_PREBUILT=1: every appender's input batches are allocated and filled

@@ -883,15 +883,6 @@ impl<S: Storage> PartitionLog<S> {
         }
     }
 
-    /// Bytes staged in the active segment and not yet handed to a write.
-    fn active_dirty_bytes(&self) -> u64 {
-        let st = self.state.borrow();
-        st.active()
-            .writer
-            .as_ref()
-            .map_or(0, |w| w.dirty_bytes() as u64)
-    }
-
     fn staged_bytes(&self) -> usize {
         let st = self.state.borrow();
         st.segments
@@ -1095,10 +1086,11 @@ impl<S: Storage> PartitionLog<S> {
                 if sync {
                     pending = Some(self.write_closing_epoch().await?);
                 } else {
-                    let budget = self.streaming.get().then(|| {
-                        (self.active_dirty_bytes() + self.streaming_flush_bytes.get()) / 2
-                    });
-                    self.flush_once(false, budget).await?;
+                    let last = self
+                        .streaming
+                        .get()
+                        .then(|| self.streaming_flush_bytes.get());
+                    self.flush_once(false, last).await?;
                 }
                 let wrote = self.state.borrow().stats.bytes_written - bytes_before;
                 if !sync {
@@ -1158,9 +1150,10 @@ impl<S: Storage> PartitionLog<S> {
     /// lock. Segments that were rolled away are finalized first (written, synced, truncated),
     /// so a crash never leaves a torn sealed segment before valid data.
     ///
-    /// With a `budget`, it writes the active segment's staged frames only up to the first frame
-    /// end at least `budget` bytes in (see `flush_to`'s streams of large batches).
-    async fn flush_once(&self, sync: bool, budget: Option<u64>) -> Result<(), LogError> {
+    /// With `last_bytes` (a streaming flush, given what the last one wrote), it writes the active
+    /// segment's staged frames only up to the first frame end past half of what is staged plus
+    /// `last_bytes` (see `flush_to`'s streams of large batches).
+    async fn flush_once(&self, sync: bool, last_bytes: Option<u64>) -> Result<(), LogError> {
         self.state.borrow_mut().stats.flushes += 1;
         self.seal_rolled_segments().await?;
         let (active_base, target, limit) = {
@@ -1179,13 +1172,13 @@ impl<S: Storage> PartitionLog<S> {
                 // older ones are durable.
                 st.window_start = st.active().size;
             }
-            let bound = budget.and_then(|bytes| {
+            let bound = last_bytes.and_then(|last| {
                 let writer = st
                     .active()
                     .writer
                     .as_ref()
                     .expect("the active segment has a writer");
-                writer.frame_end_after(bytes)
+                writer.frame_end_after((writer.dirty_bytes() as u64 + last) / 2)
             });
             let (limit, target) = match bound {
                 Some((limit, next_offset)) => (Some(limit), next_offset),

@@ -1121,18 +1121,7 @@ mod on_glommio {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("topic-0");
         run(async move {
-            let clock: Rc<dyn Clock> = Rc::new(ManualClock::new(T0));
-            let log = Rc::new(
-                PartitionLog::open(
-                    GlommioStorage::DIRECT,
-                    path,
-                    config,
-                    BatchCache::shared(0),
-                    clock,
-                )
-                .await
-                .unwrap(),
-            );
+            let log = Rc::new(open_files(GlommioStorage::DIRECT, &path, config).await);
             let tasks: Vec<_> = (0..appenders)
                 .map(|_| {
                     let log = log.clone();
